@@ -1,0 +1,258 @@
+//! `redis-steward run`: prepares the node (directories, lock, secrets, TLS, limits, redis.conf,
+//! ACL, firewall), starts the supervisor and the API, and runs the agent's main loop (signals,
+//! systemd notifications and watchdog) until it is told to stop.
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, FirewallBackend, TlsConfig};
+use crate::firewall::Firewall;
+use crate::layout::Layout;
+use crate::limits;
+use crate::lock::DataDirLock;
+use crate::metrics::Metrics;
+use crate::redis_conf::{self, RedisSettings, ADMIN_USER};
+use crate::secrets::{self, ensure_dir, write_file_atomic};
+use crate::status::{ConfigSummary, StaticInfo};
+use crate::supervisor::{self, Phase, RedisState, SupervisorConfig};
+use crate::systemd::Notifier;
+use crate::tls;
+use anyhow::{Context, Result};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+/// Fail before starting anything if the client port is already taken, with a message that
+/// names the key (otherwise redis would exit and the agent would restart it forever).
+fn check_port_free(bind: &[IpAddr], port: u16) -> Result<()> {
+    for ip in bind {
+        let addr = SocketAddr::new(*ip, port);
+        TcpListener::bind(addr).with_context(|| {
+            format!("config key `redis.port`: {addr} is already in use or cannot be bound")
+        })?;
+    }
+    Ok(())
+}
+
+fn default_maxmemory_mb(memory_mb: u64) -> u64 {
+    // Leave a quarter of the node for the forks of AOF rewrites, buffers and the OS.
+    (memory_mb * 3 / 4).max(16)
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    let started = Instant::now();
+    let layout = Layout::new(&cfg.data_dir, &cfg.state_dir);
+    ensure_dir(&layout.data_dir, 0o750)?;
+    ensure_dir(&layout.state_dir, 0o700)?;
+    let _lock = DataDirLock::acquire(&layout.lock_file(), &layout.data_dir)?;
+
+    check_port_free(&cfg.redis.bind, cfg.redis.port)?;
+    let api_listener = api::bind(cfg.api.listen).await?;
+
+    let secrets = secrets::load_or_create(&layout.secrets_file())?;
+    let customer_password = cfg.redis.password.read()?;
+
+    let memory = limits::detect_memory(cfg.redis.memory_limit_mb);
+    let maxclients = limits::maxclients_for(memory.mb);
+    let fd = limits::raise_nofile_for(maxclients).context("cannot read RLIMIT_NOFILE")?;
+    if fd.sufficient() {
+        info!(memory_mb = memory.mb, source = ?memory.source, maxclients, nofile = fd.soft, "limits set");
+    } else {
+        warn!(
+            "open-files limit is {} (hard {}), but maxclients {maxclients} needs {}: redis will accept only {} clients. \
+             Raise LimitNOFILE (systemd) or `ulimit -n`, or run with CAP_SYS_RESOURCE",
+            fd.soft, fd.hard, fd.wanted, fd.maxclients_possible
+        );
+    }
+
+    let mut cert_addrs = cfg.redis.bind.clone();
+    if cfg.redis.bind.iter().any(|a| a.is_unspecified()) {
+        cert_addrs.extend(tls::local_addresses());
+    }
+    let tls_files = tls::prepare(&cfg.tls, &layout, &cfg.node_name, &cert_addrs)?;
+
+    let maxmemory_mb = cfg
+        .redis
+        .maxmemory_mb
+        .unwrap_or_else(|| default_maxmemory_mb(memory.mb));
+    let conf = redis_conf::render_redis_conf(&RedisSettings {
+        layout: &layout,
+        bind: &cfg.redis.bind,
+        port: cfg.redis.port,
+        tls_cert: &tls_files.cert,
+        tls_key: &tls_files.key,
+        tls_ca: &tls_files.ca,
+        maxclients,
+        maxmemory_mb,
+        maxmemory_policy: &cfg.redis.maxmemory_policy,
+    });
+    write_file_atomic(&layout.redis_conf(), conf.as_bytes(), 0o600)?;
+    let acl = redis_conf::render_acl(
+        &customer_password,
+        &secrets.admin_password,
+        &secrets.replication_password,
+        cfg.redis.scripting,
+    );
+    write_file_atomic(&layout.acl_file(), acl.as_bytes(), 0o600)?;
+
+    let firewall = match cfg.access.firewall {
+        FirewallBackend::Nftables if !cfg.access.is_open() => {
+            let fw = Firewall::new(&cfg.data_store_id, &cfg.node_name);
+            fw.apply(&[cfg.redis.port], &cfg.access.allowed_cidrs, &[])?;
+            Some(fw)
+        }
+        FirewallBackend::Nftables => {
+            // Open access: make sure no table from an earlier, restricted run is left behind.
+            let fw = Firewall::new(&cfg.data_store_id, &cfg.node_name);
+            if let Err(e) = fw.remove() {
+                tracing::debug!("no old firewall table removed: {e:#}");
+            }
+            None
+        }
+        FirewallBackend::Off => None,
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    metrics
+        .info
+        .get_or_create(&vec![
+            ("version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("data_store".into(), cfg.data_store_id.clone()),
+            ("node".into(), cfg.node_name.clone()),
+            ("plan".into(), cfg.plan.to_string()),
+        ])
+        .set(1);
+    metrics.nofile_limit.set(fd.soft as i64);
+
+    let sup = supervisor::spawn(
+        SupervisorConfig {
+            redis_server: cfg.redis.server_path.clone(),
+            redis_conf: layout.redis_conf(),
+            socket: layout.redis_socket(),
+            admin_user: ADMIN_USER.into(),
+            admin_password: secrets.admin_password.clone(),
+        },
+        metrics.clone(),
+    );
+
+    let api_state = Arc::new(ApiState {
+        static_info: StaticInfo {
+            data_store_id: cfg.data_store_id.clone(),
+            node: cfg.node_name.clone(),
+            plan: cfg.plan.to_string(),
+            memory,
+            maxclients_wanted: maxclients,
+            fd,
+            config: summary(&cfg),
+        },
+        redis: sup.state.clone(),
+        metrics: metrics.clone(),
+        started,
+    });
+    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(async move {
+        let r = axum::serve(api_listener, api::router(api_state))
+            .with_graceful_shutdown(async {
+                let _ = api_stop_rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            warn!("API server stopped: {e}");
+        }
+    });
+    info!(
+        node = %cfg.node_name, data_store = %cfg.data_store_id, plan = %cfg.plan,
+        port = cfg.redis.port, api = %cfg.api.listen, "agent started"
+    );
+
+    main_loop(sup.state.clone()).await?;
+
+    info!("shutting down");
+    Notifier::from_env().stopping();
+    sup.shutdown().await;
+    if let Some(fw) = firewall {
+        if let Err(e) = fw.remove() {
+            warn!("{e:#}");
+        }
+    }
+    let _ = api_stop_tx.send(());
+    let _ = api_task.await;
+    info!("agent stopped");
+    Ok(())
+}
+
+fn summary(cfg: &Config) -> ConfigSummary {
+    ConfigSummary {
+        client_port: cfg.redis.port,
+        bind: cfg.redis.bind.iter().map(|a| a.to_string()).collect(),
+        tls: match cfg.tls {
+            TlsConfig::Generate { .. } => "generated certificates".into(),
+            TlsConfig::Files { .. } => "operator certificates".into(),
+        },
+        scripting: cfg.redis.scripting,
+        allowed_cidrs: cfg
+            .access
+            .allowed_cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        firewall: match cfg.access.firewall {
+            FirewallBackend::Nftables if cfg.access.is_open() => "nftables (open, no rules)".into(),
+            FirewallBackend::Nftables => "nftables".into(),
+            FirewallBackend::Off => "off".into(),
+        },
+        data_dir: cfg.data_dir.display().to_string(),
+        api: cfg.api.listen.to_string(),
+    }
+}
+
+/// A one-line STATUS= for systemd.
+fn systemd_status(s: &RedisState) -> String {
+    match (s.phase, s.healthy) {
+        (Phase::Running, true) => format!(
+            "primary, redis pid {} serving {} clients",
+            s.pid.unwrap_or(0),
+            s.info.get_u64("connected_clients").unwrap_or(0)
+        ),
+        (Phase::Restarting, _) => format!(
+            "redis down ({}), restarting",
+            s.last_exit.as_deref().unwrap_or("?")
+        ),
+        (Phase::Stopping, _) | (Phase::Stopped, _) => "stopping".into(),
+        _ => "starting redis".into(),
+    }
+}
+
+/// Wait for SIGTERM/SIGINT while keeping systemd informed.
+async fn main_loop(mut state: tokio::sync::watch::Receiver<RedisState>) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut notifier = Notifier::from_env();
+    let wd_every = notifier.watchdog_interval();
+    let mut watchdog = tokio::time::interval(wd_every.unwrap_or(Duration::from_secs(3600)));
+    let mut ready_sent = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
+            changed = state.changed() => {
+                if changed.is_err() { return Ok(()); }
+                let s = state.borrow_and_update().clone();
+                if s.healthy && !ready_sent {
+                    notifier.ready();
+                    ready_sent = true;
+                }
+                notifier.status(&systemd_status(&s));
+            }
+            _ = watchdog.tick(), if wd_every.is_some() => {
+                // Ping only while the supervisor loop is alive: a wedged agent gets restarted.
+                let alive = state.borrow().loop_alive_at.elapsed();
+                if alive < wd_every.unwrap_or_default() * 2 {
+                    notifier.watchdog();
+                } else {
+                    warn!(stalled_ms = alive.as_millis() as u64, "supervisor loop stalled; withholding watchdog ping");
+                }
+            }
+        }
+    }
+}

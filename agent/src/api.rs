@@ -1,0 +1,106 @@
+//! The agent's local HTTP API (loopback by default): `GET /status` (JSON), `GET /metrics`
+//! (Prometheus text) and `GET /healthz`. Read-only for now; commands that change things will
+//! send intents to the agent's loop rather than act here.
+
+use crate::metrics::Metrics;
+use crate::status::{self, NodeStatus, StaticInfo};
+use crate::supervisor::RedisState;
+use anyhow::{bail, Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+pub struct ApiState {
+    pub static_info: StaticInfo,
+    pub redis: watch::Receiver<RedisState>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+}
+
+impl ApiState {
+    pub fn status(&self) -> NodeStatus {
+        status::build(
+            &self.static_info,
+            &self.redis.borrow(),
+            self.started.elapsed().as_secs(),
+        )
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(get_health))
+        .with_state(state)
+}
+
+async fn get_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
+    Json(s.status())
+}
+
+async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn get_health(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    if s.redis.borrow().healthy {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis not answering\n")
+    }
+}
+
+/// Bind the API listener (fails early and clearly if the address is taken).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on api.listen {addr} (is another agent running?)"))
+}
+
+/// A minimal HTTP/1.0 GET, enough for the CLI to talk to its own agent on loopback.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .with_context(|| format!("agent API at {addr} did not answer within 5 s"))?
+        .with_context(|| format!("cannot reach the agent API at {addr} (is the agent running?)"))?;
+    let text = String::from_utf8(buf).context("agent API sent invalid UTF-8")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("agent API sent a malformed HTTP response")?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if !status_line
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2'))
+    {
+        bail!("agent API answered {status_line}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+pub async fn fetch_status(addr: SocketAddr) -> Result<NodeStatus> {
+    let body = http_get(addr, "/status").await?;
+    serde_json::from_str(&body).context("agent API sent a status this version cannot read")
+}

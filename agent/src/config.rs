@@ -1,0 +1,655 @@
+//! The agent's configuration: one TOML file, parsed strictly and validated into a typed
+//! [`Config`]. Every error names the key it is about. Nothing here starts anything.
+//!
+//! The raw (`Raw*`) structs mirror the file with `deny_unknown_fields`; `build_and_validate`
+//! turns them into the typed config, checking each value and the relations between them.
+
+use crate::plan::Plan;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/redis-steward/config.toml";
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7480";
+
+/// A configuration problem, naming the key (dotted path) it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Dotted key path such as `redis.port`, or `<file>` for problems with the file itself.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.starts_with('<') {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "config key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_store_id: Option<String>,
+    node_name: Option<String>,
+    plan: Option<String>,
+    data_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    redis: RawRedis,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    server_path: Option<PathBuf>,
+    bind: Option<Vec<String>>,
+    port: Option<i64>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    scripting: Option<bool>,
+    memory_limit_mb: Option<i64>,
+    maxmemory_mb: Option<i64>,
+    maxmemory_policy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    mode: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    ca_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    allowed_cidrs: Option<Vec<String>>,
+    firewall: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+}
+
+/// The validated configuration of one agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_store_id: String,
+    pub node_name: String,
+    pub plan: Plan,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub redis: RedisConfig,
+    pub tls: TlsConfig,
+    pub access: AccessConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub server_path: PathBuf,
+    pub bind: Vec<IpAddr>,
+    pub port: u16,
+    pub password: Secret,
+    pub scripting: bool,
+    pub memory_limit_mb: Option<u64>,
+    pub maxmemory_mb: Option<u64>,
+    pub maxmemory_policy: String,
+}
+
+/// Where the customer password comes from. The value itself is read at start-up, so a
+/// password file can be rotated by restarting the agent.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Secret::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
+impl Secret {
+    /// The secret's value; a file's content is trimmed of surrounding white space.
+    pub fn read(&self) -> Result<String, ConfigError> {
+        match self {
+            Secret::Inline(s) => Ok(s.clone()),
+            Secret::File(p) => {
+                let s = std::fs::read_to_string(p).map_err(|e| {
+                    err(
+                        "redis.password_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                let s = s.trim().to_string();
+                check_password("redis.password_file", &s)?;
+                Ok(s)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsConfig {
+    /// Make a CA and a node certificate on first start (development and tests). When
+    /// `ca_file`/`ca_key_file` are given, that CA is used (and created if missing), so several
+    /// nodes can share one.
+    Generate {
+        ca_file: Option<PathBuf>,
+        ca_key_file: Option<PathBuf>,
+    },
+    /// Operator-provided PEM files.
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        ca_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallBackend {
+    Nftables,
+    /// No enforcement at the node; only allowed while `allowed_cidrs` lets everyone in.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub allowed_cidrs: Vec<IpNet>,
+    pub firewall: FirewallBackend,
+}
+
+impl AccessConfig {
+    /// True when the allow list admits every IPv4 and IPv6 address.
+    pub fn is_open(&self) -> bool {
+        let all4 = self
+            .allowed_cidrs
+            .iter()
+            .any(|n| n.prefix_len() == 0 && n.addr().is_ipv4());
+        let all6 = self
+            .allowed_cidrs
+            .iter()
+            .any(|n| n.prefix_len() == 0 && n.addr().is_ipv6());
+        all4 && all6
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            "<file>",
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+    })?;
+    parse(&text)
+}
+
+/// Parse and validate config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        // toml's message names the unknown or mistyped key and its line; keep it whole.
+        err(
+            "<file>",
+            format!("invalid config: {}", e.to_string().trim_end()),
+        )
+    })?;
+    raw.build_and_validate()
+}
+
+fn required<T>(v: Option<T>, key: &str) -> Result<T, ConfigError> {
+    v.ok_or_else(|| err(key, "is required"))
+}
+
+/// Names used in object paths, gossip and nftables: lower-case letters, digits and '-'.
+fn check_name(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !v.starts_with('-')
+        && !v.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!("{v:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"),
+        ))
+    }
+}
+
+fn check_password(key: &str, p: &str) -> Result<(), ConfigError> {
+    if p.len() < 8 {
+        return Err(err(key, "password must be at least 8 characters"));
+    }
+    if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(
+            key,
+            "password must not contain white space or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn positive_mb(key: &str, v: Option<i64>) -> Result<Option<u64>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(n) if n > 0 => Ok(Some(n as u64)),
+        Some(n) => Err(err(
+            key,
+            format!("must be a positive number of megabytes, got {n}"),
+        )),
+    }
+}
+
+fn check_file(key: &str, p: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(err(key, format!("{} is not a regular file", p.display()))),
+        Err(e) => Err(err(key, format!("cannot use {}: {e}", p.display()))),
+    }
+}
+
+fn absolute(key: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(err(
+            key,
+            format!("{} must be an absolute path", p.display()),
+        ))
+    }
+}
+
+const MAXMEMORY_POLICIES: &[&str] = &[
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+];
+
+impl RawConfig {
+    fn build_and_validate(self) -> Result<Config, ConfigError> {
+        let data_store_id = required(self.data_store_id, "data_store_id")?;
+        check_name("data_store_id", &data_store_id)?;
+        let node_name = required(self.node_name, "node_name")?;
+        check_name("node_name", &node_name)?;
+        let plan: Plan = required(self.plan, "plan")?
+            .parse()
+            .map_err(|m: String| err("plan", m))?;
+        let data_dir = absolute(
+            "data_dir",
+            self.data_dir
+                .unwrap_or_else(|| "/var/lib/redis-steward/data".into()),
+        )?;
+        let state_dir = absolute(
+            "state_dir",
+            self.state_dir
+                .unwrap_or_else(|| "/var/lib/redis-steward/state".into()),
+        )?;
+        if data_dir == state_dir {
+            return Err(err("state_dir", "must differ from data_dir"));
+        }
+        let redis = self.redis.build()?;
+        let tls = self.tls.build()?;
+        let access = self.access.build()?;
+        let api = ApiConfig {
+            listen: self
+                .api
+                .listen
+                .as_deref()
+                .unwrap_or(DEFAULT_API_LISTEN)
+                .parse()
+                .map_err(|e| err("api.listen", format!("expected IP:PORT: {e}")))?,
+        };
+        if api.listen.port() == redis.port {
+            return Err(err(
+                "api.listen",
+                "must not use the same port as redis.port",
+            ));
+        }
+        Ok(Config {
+            data_store_id,
+            node_name,
+            plan,
+            data_dir,
+            state_dir,
+            redis,
+            tls,
+            access,
+            api,
+        })
+    }
+}
+
+impl RawRedis {
+    fn build(self) -> Result<RedisConfig, ConfigError> {
+        let server_path = self
+            .server_path
+            .unwrap_or_else(|| "/usr/bin/redis-server".into());
+        check_file("redis.server_path", &server_path)?;
+        let bind = self
+            .bind
+            .unwrap_or_else(|| vec!["0.0.0.0".into()])
+            .iter()
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| err("redis.bind", format!("{s:?} is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if bind.is_empty() {
+            return Err(err("redis.bind", "needs at least one address"));
+        }
+        let port = match self.port.unwrap_or(6380) {
+            p @ 1..=65535 => p as u16,
+            p => {
+                return Err(err(
+                    "redis.port",
+                    format!("{p} is not a TCP port (1-65535)"),
+                ))
+            }
+        };
+        let password = match (self.password, self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "redis.password",
+                    "set either password or password_file, not both",
+                ))
+            }
+            (Some(p), None) => {
+                check_password("redis.password", &p)?;
+                Secret::Inline(p)
+            }
+            (None, Some(f)) => {
+                check_file("redis.password_file", &f)?;
+                Secret::File(f)
+            }
+            (None, None) => return Err(err(
+                "redis.password",
+                "is required (or redis.password_file): the customer user always needs a password",
+            )),
+        };
+        let maxmemory_policy = self.maxmemory_policy.unwrap_or_else(|| "noeviction".into());
+        if !MAXMEMORY_POLICIES.contains(&maxmemory_policy.as_str()) {
+            return Err(err(
+                "redis.maxmemory_policy",
+                format!(
+                    "{maxmemory_policy:?} is not one of {}",
+                    MAXMEMORY_POLICIES.join(", ")
+                ),
+            ));
+        }
+        Ok(RedisConfig {
+            server_path,
+            bind,
+            port,
+            password,
+            scripting: self.scripting.unwrap_or(true),
+            memory_limit_mb: positive_mb("redis.memory_limit_mb", self.memory_limit_mb)?,
+            maxmemory_mb: positive_mb("redis.maxmemory_mb", self.maxmemory_mb)?,
+            maxmemory_policy,
+        })
+    }
+}
+
+impl RawTls {
+    fn build(self) -> Result<TlsConfig, ConfigError> {
+        match self.mode.as_deref().unwrap_or("generate") {
+            "generate" => {
+                if self.cert_file.is_some() || self.key_file.is_some() {
+                    return Err(err(
+                        "tls.cert_file",
+                        "is only used with tls.mode = \"files\"; \"generate\" makes the node certificate itself",
+                    ));
+                }
+                if self.ca_file.is_some() != self.ca_key_file.is_some() {
+                    return Err(err(
+                        "tls.ca_key_file",
+                        "tls.ca_file and tls.ca_key_file go together in generate mode",
+                    ));
+                }
+                Ok(TlsConfig::Generate {
+                    ca_file: self
+                        .ca_file
+                        .map(|p| absolute("tls.ca_file", p))
+                        .transpose()?,
+                    ca_key_file: self
+                        .ca_key_file
+                        .map(|p| absolute("tls.ca_key_file", p))
+                        .transpose()?,
+                })
+            }
+            "files" => {
+                let cert_file = required(self.cert_file, "tls.cert_file")?;
+                let key_file = required(self.key_file, "tls.key_file")?;
+                let ca_file = required(self.ca_file, "tls.ca_file")?;
+                check_file("tls.cert_file", &cert_file)?;
+                check_file("tls.key_file", &key_file)?;
+                check_file("tls.ca_file", &ca_file)?;
+                if self.ca_key_file.is_some() {
+                    return Err(err(
+                        "tls.ca_key_file",
+                        "is only used with tls.mode = \"generate\"",
+                    ));
+                }
+                Ok(TlsConfig::Files {
+                    cert_file,
+                    key_file,
+                    ca_file,
+                })
+            }
+            other => Err(err(
+                "tls.mode",
+                format!("{other:?} is not \"generate\" or \"files\""),
+            )),
+        }
+    }
+}
+
+impl RawAccess {
+    fn build(self) -> Result<AccessConfig, ConfigError> {
+        let raw = self
+            .allowed_cidrs
+            .unwrap_or_else(|| vec!["0.0.0.0/0".into(), "::/0".into()]);
+        let mut allowed_cidrs = Vec::with_capacity(raw.len());
+        for s in &raw {
+            let net = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    err(
+                        "access.allowed_cidrs",
+                        format!("{s:?} is not a CIDR block (like 203.0.113.0/24) or an IP address"),
+                    )
+                })?;
+            if net.trunc() != net {
+                return Err(err(
+                    "access.allowed_cidrs",
+                    format!("{s:?} has host bits set; did you mean {}?", net.trunc()),
+                ));
+            }
+            allowed_cidrs.push(net);
+        }
+        let firewall = match self.firewall.as_deref().unwrap_or("nftables") {
+            "nftables" => FirewallBackend::Nftables,
+            "off" => FirewallBackend::Off,
+            other => {
+                return Err(err(
+                    "access.firewall",
+                    format!("{other:?} is not \"nftables\" or \"off\""),
+                ))
+            }
+        };
+        let access = AccessConfig {
+            allowed_cidrs,
+            firewall,
+        };
+        if access.firewall == FirewallBackend::Off && !access.is_open() {
+            return Err(err(
+                "access.firewall",
+                "is \"off\" but access.allowed_cidrs restricts access: the list would not be enforced",
+            ));
+        }
+        Ok(access)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> String {
+        r#"
+data_store_id = "ds-1"
+node_name = "node-a"
+plan = "startup"
+data_dir = "/tmp/rs/data"
+state_dir = "/tmp/rs/state"
+[redis]
+server_path = "/bin/sh"
+password = "correct-horse"
+"#
+        .to_string()
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn minimal_config_gets_sane_defaults() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.plan, Plan::Startup);
+        assert_eq!(c.redis.port, 6380);
+        assert!(c.redis.scripting);
+        assert!(c.access.is_open());
+        assert_eq!(c.access.firewall, FirewallBackend::Nftables);
+        assert_eq!(c.api.listen.to_string(), DEFAULT_API_LISTEN);
+        assert_eq!(
+            c.tls,
+            TlsConfig::Generate {
+                ca_file: None,
+                ca_key_file: None
+            }
+        );
+        assert_eq!(c.redis.maxmemory_policy, "noeviction");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = parse_err(&(base() + "colour = \"blue\"\n"));
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = parse_err(&base().replace("[redis]", "[redis]\nprot = 1"));
+        assert!(e.to_string().contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases: Vec<(String, &str)> = vec![
+            (base().replace("startup", "enterprise"), "plan"),
+            (base().replace("\"node-a\"", "\"Node A\""), "node_name"),
+            (base().replace("\"ds-1\"", "\"\""), "data_store_id"),
+            (base().replace("/tmp/rs/data", "relative/data"), "data_dir"),
+            (base().replace("/tmp/rs/state", "/tmp/rs/data"), "state_dir"),
+            (base().replace("/bin/sh", "/nonexistent/redis-server"), "redis.server_path"),
+            (base().replace("correct-horse", "short"), "redis.password"),
+            (base() + "port = 70000\n", "redis.port"),
+            (base() + "bind = [\"not-an-ip\"]\n", "redis.bind"),
+            (base() + "memory_limit_mb = 0\n", "redis.memory_limit_mb"),
+            (base() + "maxmemory_policy = \"lru\"\n", "redis.maxmemory_policy"),
+            (base() + "password_file = \"/etc/hostname\"\n", "redis.password"),
+            (base() + "[access]\nallowed_cidrs = [\"10.0.0.0/33\"]\n", "access.allowed_cidrs"),
+            (base() + "[access]\nallowed_cidrs = [\"10.0.0.1/8\"]\n", "access.allowed_cidrs"),
+            (
+                base() + "[access]\nallowed_cidrs = [\"10.0.0.0/8\"]\nfirewall = \"off\"\n",
+                "access.firewall",
+            ),
+            (base() + "[tls]\nmode = \"self\"\n", "tls.mode"),
+            (base() + "[tls]\nmode = \"files\"\n", "tls.cert_file"),
+            (
+                base()
+                    + "[tls]\nmode = \"files\"\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/etc/hostname\"\nca_file = \"/etc/hostname\"\n",
+                "tls.cert_file",
+            ),
+            (base() + "[api]\nlisten = \"localhost\"\n", "api.listen"),
+            (base() + "[api]\nlisten = \"127.0.0.1:6380\"\n", "api.listen"),
+        ];
+        for (text, key) in cases {
+            let e = parse_err(&text);
+            assert_eq!(e.key, key, "wrong key for error {e}");
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        for key in ["data_store_id", "node_name", "plan"] {
+            let text: String = base()
+                .lines()
+                .filter(|l| !l.starts_with(key))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(parse_err(&text).key, key);
+        }
+        let no_pw = base().replace("password = \"correct-horse\"", "");
+        assert_eq!(parse_err(&no_pw).key, "redis.password");
+    }
+
+    #[test]
+    fn cidrs_accept_plain_addresses_and_v6() {
+        let c = parse(&(base() + "[access]\nallowed_cidrs = [\"192.0.2.7\", \"2001:db8::/32\"]\n"))
+            .unwrap();
+        let s: Vec<String> = c
+            .access
+            .allowed_cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(s, vec!["192.0.2.7/32", "2001:db8::/32"]);
+        assert!(!c.access.is_open());
+    }
+
+    #[test]
+    fn secrets_are_not_printed_in_debug() {
+        let c = parse(&base()).unwrap();
+        assert!(!format!("{c:?}").contains("correct-horse"));
+    }
+}

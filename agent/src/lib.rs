@@ -1,0 +1,20 @@
+//! redis-steward: the node agent of a managed Redis service. See ARCHITECTURE.md.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod firewall;
+pub mod layout;
+pub mod limits;
+pub mod lock;
+pub mod logging;
+pub mod metrics;
+pub mod plan;
+pub mod redis_client;
+pub mod redis_conf;
+pub mod secrets;
+pub mod status;
+pub mod supervisor;
+pub mod systemd;
+pub mod tls;

@@ -1,0 +1,525 @@
+//! Owns the redis-server child: starts it, probes it, restarts it with backoff when it dies,
+//! and stops it cleanly (SHUTDOWN as the admin user, so the AOF is flushed) on request.
+//!
+//! One select loop over: the child exiting, a probe tick, and the shutdown signal. What it
+//! learns goes out on a `watch` channel (`RedisState`) that status, metrics and systemd read.
+
+use crate::metrics::Metrics;
+use crate::redis_client::{self, Info};
+use anyhow::{Context, Result};
+use redis::aio::MultiplexedConnection;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+/// How often the agent checks that redis answers.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a clean SHUTDOWN may take before the agent escalates to signals.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Restart delays after crashes: the first restart is immediate (a crash should cost as little
+/// downtime as possible), then the delay doubles up to a cap. A run that stayed up for
+/// `stable_after` resets the sequence.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub stable_after: Duration,
+    consecutive: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(5),
+            stable_after: Duration::from_secs(30),
+            consecutive: 0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next start, given how long the process that just died ran.
+    pub fn next_delay(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= self.stable_after {
+            self.consecutive = 0;
+        }
+        let n = self.consecutive;
+        self.consecutive = self.consecutive.saturating_add(1);
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+    Stopped,
+}
+
+/// What the supervisor knows about redis right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisState {
+    pub phase: Phase,
+    pub pid: Option<u32>,
+    /// True when the last probe got an answer.
+    pub healthy: bool,
+    #[serde(skip)]
+    pub started_at: Option<Instant>,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub info: Info,
+    /// Last time the supervisor loop ran; the systemd watchdog only pings while this moves.
+    #[serde(skip)]
+    pub loop_alive_at: Instant,
+    #[serde(skip)]
+    pub became_healthy_at: Option<SystemTime>,
+}
+
+impl Default for RedisState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RedisState {
+    pub fn new() -> Self {
+        RedisState {
+            phase: Phase::Starting,
+            pid: None,
+            healthy: false,
+            started_at: None,
+            restarts: 0,
+            last_exit: None,
+            last_error: None,
+            info: Info::default(),
+            loop_alive_at: Instant::now(),
+            became_healthy_at: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub redis_server: PathBuf,
+    pub redis_conf: PathBuf,
+    pub socket: PathBuf,
+    pub admin_user: String,
+    pub admin_password: String,
+}
+
+pub struct SupervisorHandle {
+    pub state: watch::Receiver<RedisState>,
+    shutdown: mpsc::Sender<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SupervisorHandle {
+    /// Stop redis cleanly and wait until it has exited.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shutdown.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
+    let (state_tx, state_rx) = watch::channel(RedisState::new());
+    let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
+    let launcher = Launcher::start();
+    let task = tokio::spawn(async move {
+        Supervisor {
+            cfg,
+            state: state_tx,
+            metrics,
+            backoff: Backoff::default(),
+            launcher,
+            admin: None,
+        }
+        .run(shutdown_rx)
+        .await
+    });
+    SupervisorHandle {
+        state: state_rx,
+        shutdown: shutdown_tx,
+        task,
+    }
+}
+
+struct Supervisor {
+    cfg: SupervisorConfig,
+    state: watch::Sender<RedisState>,
+    metrics: Arc<Metrics>,
+    backoff: Backoff,
+    launcher: Launcher,
+    admin: Option<MultiplexedConnection>,
+}
+
+enum Exit {
+    Crashed,
+    ShutdownRequested(oneshot::Sender<()>),
+}
+
+impl Supervisor {
+    async fn run(mut self, mut shutdown: mpsc::Receiver<oneshot::Sender<()>>) {
+        loop {
+            let mut child = match self.start().await {
+                Ok(c) => c,
+                Err(e) => {
+                    error!("cannot start redis-server: {e:#}");
+                    self.state.send_modify(|s| {
+                        s.last_error = Some(format!("{e:#}"));
+                        s.phase = Phase::Restarting;
+                    });
+                    // Never spin on a start that fails at once (missing binary, bad config).
+                    let delay = self
+                        .backoff
+                        .next_delay(Duration::ZERO)
+                        .max(Duration::from_millis(500));
+                    if let Some(done) = self.wait_backoff(delay, &mut shutdown).await {
+                        self.finish(done);
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match self.watch(&mut child, &mut shutdown).await {
+                Exit::ShutdownRequested(done) => {
+                    self.stop(child).await;
+                    self.finish(done);
+                    return;
+                }
+                Exit::Crashed => {
+                    let ran_for = self
+                        .state
+                        .borrow()
+                        .started_at
+                        .map(|t| t.elapsed())
+                        .unwrap_or_default();
+                    let delay = self.backoff.next_delay(ran_for);
+                    if let Some(done) = self.wait_backoff(delay, &mut shutdown).await {
+                        self.finish(done);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&self, done: oneshot::Sender<()>) {
+        self.state.send_modify(|s| {
+            s.phase = Phase::Stopped;
+            s.healthy = false;
+            s.pid = None;
+        });
+        self.metrics.redis_up.set(0);
+        let _ = done.send(());
+    }
+
+    /// Sleep the backoff delay; returns the shutdown ack if shutdown came meanwhile.
+    async fn wait_backoff(
+        &mut self,
+        delay: Duration,
+        shutdown: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    ) -> Option<oneshot::Sender<()>> {
+        if !delay.is_zero() {
+            info!(
+                delay_ms = delay.as_millis() as u64,
+                "restarting redis after backoff"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => None,
+            done = shutdown.recv() => Some(done.unwrap_or_else(|| oneshot::channel().0)),
+        }
+    }
+
+    async fn start(&mut self) -> Result<Child> {
+        self.admin = None;
+        let mut cmd = Command::new(&self.cfg.redis_server);
+        cmd.arg(&self.cfg.redis_conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false)
+            // Own process group: a Ctrl-C in the agent's terminal must reach the agent only,
+            // which then shuts redis down in order.
+            .process_group(0);
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If the agent dies, redis gets SIGTERM (a clean, AOF-flushing shutdown) and
+                // never lives on as an orphan.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = self.launcher.spawn(cmd).await?;
+        let pid = child.id();
+        forward_output(&mut child);
+        info!(pid, "redis-server started");
+        self.state.send_modify(|s| {
+            s.phase = Phase::Starting;
+            s.loop_alive_at = Instant::now();
+            s.pid = pid;
+            s.started_at = Some(Instant::now());
+            s.healthy = false;
+        });
+        Ok(child)
+    }
+
+    async fn watch(
+        &mut self,
+        child: &mut Child,
+        shutdown: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    ) -> Exit {
+        let mut tick = tokio::time::interval(PROBE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Probe quickly until redis first answers, so READY and recovery are prompt.
+        let mut fast = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            let starting = !self.state.borrow().healthy;
+            tokio::select! {
+                status = child.wait() => {
+                    let what = match status {
+                        Ok(s) => describe_exit(s),
+                        Err(e) => format!("wait failed: {e}"),
+                    };
+                    warn!(exit = %what, "redis-server exited unexpectedly");
+                    self.metrics.redis_restarts.inc();
+                    self.metrics.redis_up.set(0);
+                    self.state.send_modify(|s| {
+                        s.phase = Phase::Restarting;
+                        s.loop_alive_at = Instant::now();
+                        s.healthy = false;
+                        s.pid = None;
+                        s.restarts += 1;
+                        s.last_exit = Some(what);
+                    });
+                    return Exit::Crashed;
+                }
+                done = shutdown.recv() => {
+                    return Exit::ShutdownRequested(done.unwrap_or_else(|| oneshot::channel().0));
+                }
+                _ = tick.tick() => self.probe().await,
+                _ = fast.tick(), if starting => self.probe().await,
+            }
+        }
+    }
+
+    async fn probe(&mut self) {
+        let result = self.try_probe().await;
+        let was_healthy = self.state.borrow().healthy;
+        match result {
+            Ok(info) => {
+                let loading = info.get("loading") == Some("1");
+                let healthy = !loading;
+                if healthy && !was_healthy {
+                    info!("redis is answering");
+                }
+                self.metrics.observe_info(&info);
+                self.metrics.redis_up.set(healthy as i64);
+                self.state.send_modify(|s| {
+                    s.loop_alive_at = Instant::now();
+                    s.healthy = healthy;
+                    s.info = info;
+                    s.last_error = None;
+                    if healthy {
+                        s.phase = Phase::Running;
+                        if !was_healthy {
+                            s.became_healthy_at = Some(SystemTime::now());
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                self.admin = None;
+                if was_healthy {
+                    warn!("redis stopped answering: {e:#}");
+                } else {
+                    debug!("redis not answering yet: {e:#}");
+                }
+                self.metrics.redis_up.set(0);
+                self.state.send_modify(|s| {
+                    s.loop_alive_at = Instant::now();
+                    s.healthy = false;
+                    s.last_error = Some(format!("{e:#}"));
+                });
+            }
+        }
+    }
+
+    async fn try_probe(&mut self) -> Result<Info> {
+        if self.admin.is_none() {
+            self.admin = Some(
+                redis_client::connect_admin(
+                    &self.cfg.socket,
+                    &self.cfg.admin_user,
+                    &self.cfg.admin_password,
+                )
+                .await?,
+            );
+        }
+        let conn = self.admin.as_mut().expect("set above");
+        redis_client::info(conn).await
+    }
+
+    /// Clean stop: SHUTDOWN (redis fsyncs the AOF and waits for replicas), then signals as a
+    /// last resort.
+    async fn stop(&mut self, mut child: Child) {
+        self.state.send_modify(|s| s.phase = Phase::Stopping);
+        info!("stopping redis-server");
+        let conn = match self.admin.take() {
+            Some(c) => Ok(c),
+            None => {
+                redis_client::connect_admin(
+                    &self.cfg.socket,
+                    &self.cfg.admin_user,
+                    &self.cfg.admin_password,
+                )
+                .await
+            }
+        };
+        match conn {
+            Ok(mut c) => {
+                // The connection drops as redis exits, so an I/O error here is the good case.
+                let r: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(&mut c).await;
+                if let Err(e) = r {
+                    if !e.is_io_error() && !e.is_connection_dropped() && !e.is_unrecoverable_error()
+                    {
+                        warn!("SHUTDOWN refused: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("cannot reach redis for a clean SHUTDOWN ({e:#}); sending SIGTERM");
+                signal(&child, libc::SIGTERM);
+            }
+        }
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
+            Ok(Ok(status)) => info!(exit = %describe_exit(status), "redis-server stopped"),
+            Ok(Err(e)) => warn!("waiting for redis-server failed: {e}"),
+            Err(_) => {
+                error!("redis-server did not stop within {SHUTDOWN_TIMEOUT:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Redis logs to stdout; pass its lines on as our own log lines (target `redis`).
+fn forward_output(child: &mut Child) {
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                info!(target: "redis", "{line}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                warn!(target: "redis", "{line}");
+            }
+        });
+    }
+}
+
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, and tokio may retire
+/// its threads. So every redis is forked from one thread that lives as long as the agent.
+struct Launcher {
+    tx: std::sync::mpsc::Sender<(Command, oneshot::Sender<std::io::Result<Child>>)>,
+}
+
+impl Launcher {
+    fn start() -> Launcher {
+        let (tx, rx) =
+            std::sync::mpsc::channel::<(Command, oneshot::Sender<std::io::Result<Child>>)>();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("redis-launcher".into())
+            .spawn(move || {
+                let _guard = handle.enter();
+                while let Ok((mut cmd, reply)) = rx.recv() {
+                    let _ = reply.send(cmd.spawn());
+                }
+                // Keep this thread (and with it PDEATHSIG's anchor) alive until the process
+                // exits, even after the supervisor is gone.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("cannot start launcher thread");
+        Launcher { tx }
+    }
+
+    async fn spawn(&self, cmd: Command) -> Result<Child> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send((cmd, reply_tx))
+            .map_err(|_| anyhow::anyhow!("launcher thread is gone"))?;
+        reply_rx
+            .await
+            .context("launcher thread is gone")?
+            .context("cannot execute redis-server")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_doubles_to_cap_and_resets() {
+        let mut b = Backoff::default();
+        let short = Duration::from_secs(1);
+        let delays: Vec<u64> = (0..8)
+            .map(|_| b.next_delay(short).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, vec![0, 250, 500, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(b.next_delay(Duration::from_secs(31)), Duration::ZERO);
+        assert_eq!(b.next_delay(short), Duration::from_millis(250));
+    }
+}
