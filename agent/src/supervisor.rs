@@ -263,6 +263,9 @@ impl Supervisor {
             // Own process group: a Ctrl-C in the agent's terminal must reach the agent only,
             // which then shuts redis down in order.
             .process_group(0);
+        for var in crate::systemd::ENV_VARS {
+            cmd.env_remove(var);
+        }
         let parent = std::process::id();
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {

@@ -5,18 +5,35 @@ use sd_notify::NotifyState;
 use std::time::Duration;
 use tracing::debug;
 
+/// Variables the agent consumes and must not pass on to redis-server.
+pub const ENV_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 pub struct Notifier {
     enabled: bool,
     watchdog: Option<Duration>,
     last_status: Option<String>,
 }
 
+/// The watchdog timeout, as `sd_watchdog_enabled(3)` reads it: WATCHDOG_USEC set and
+/// WATCHDOG_PID either unset or naming this process.
+pub fn watchdog_timeout(usec: Option<&str>, pid: Option<&str>, my_pid: u32) -> Option<Duration> {
+    let usec: u64 = usec?.parse().ok().filter(|&u| u > 0)?;
+    match pid {
+        Some(p) if p.parse::<u32>().ok() != Some(my_pid) => None,
+        _ => Some(Duration::from_micros(usec)),
+    }
+}
+
 impl Notifier {
     pub fn from_env() -> Notifier {
         let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
-        let mut usec = 0u64;
-        let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec))
-            .then(|| Duration::from_micros(usec));
+        let var = |k| std::env::var(k).ok();
+        let watchdog = watchdog_timeout(
+            var("WATCHDOG_USEC").as_deref(),
+            var("WATCHDOG_PID").as_deref(),
+            std::process::id(),
+        )
+        .filter(|_| enabled);
         Notifier {
             enabled,
             watchdog,
@@ -55,5 +72,21 @@ impl Notifier {
 
     pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_env_follows_sd_watchdog_enabled() {
+        let s = Some(Duration::from_secs(2));
+        assert_eq!(watchdog_timeout(Some("2000000"), None, 7), s);
+        assert_eq!(watchdog_timeout(Some("2000000"), Some("7"), 7), s);
+        assert_eq!(watchdog_timeout(Some("2000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_timeout(Some("0"), None, 7), None);
+        assert_eq!(watchdog_timeout(Some("x"), None, 7), None);
+        assert_eq!(watchdog_timeout(None, Some("7"), 7), None);
     }
 }

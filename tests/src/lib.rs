@@ -1,1 +1,4 @@
+//! The redis-steward testbed: helpers that start the real agent binary and real
+//! redis-server, and (in `netns`) multi-host networks made of network namespaces.
 
+pub mod node;

@@ -1,0 +1,385 @@
+//! One agent under test: a config in a temporary directory, the real `redis-steward` binary
+//! started as a child (optionally inside a network namespace), and helpers to talk to it:
+//! its status API, and the real `redis-cli` over TLS.
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "customer-secret-pw";
+
+/// The agent binary under test: `$REDIS_STEWARD_BIN`, else `target/debug/redis-steward`
+/// (built by `cargo test --workspace`, because the agent package has integration tests).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REDIS_STEWARD_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/redis-steward");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (or set REDIS_STEWARD_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot find a free port")
+}
+
+/// Poll `f` every `every` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Settings for one test node, rendered into the agent's TOML config.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub data_store_id: String,
+    pub node_name: String,
+    pub plan: String,
+    pub bind: String,
+    pub port: u16,
+    pub api_port: u16,
+    pub scripting: bool,
+    pub memory_limit_mb: Option<u64>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// Extra TOML appended verbatim (for tests of config handling).
+    pub extra: String,
+}
+
+impl NodeSpec {
+    pub fn new(name: &str) -> NodeSpec {
+        NodeSpec {
+            data_store_id: "test-ds".into(),
+            node_name: name.into(),
+            plan: "startup".into(),
+            bind: "127.0.0.1".into(),
+            port: free_port(),
+            api_port: free_port(),
+            scripting: true,
+            memory_limit_mb: Some(4096),
+            allowed_cidrs: None,
+            extra: String::new(),
+        }
+    }
+
+    pub fn render(&self, dir: &Path) -> String {
+        let mut t = format!(
+            "data_store_id = \"{}\"\nnode_name = \"{}\"\nplan = \"{}\"\ndata_dir = \"{}\"\nstate_dir = \"{}\"\n\n[redis]\nbind = [\"{}\"]\nport = {}\npassword = \"{PASSWORD}\"\nscripting = {}\n",
+            self.data_store_id,
+            self.node_name,
+            self.plan,
+            dir.join("data").display(),
+            dir.join("state").display(),
+            self.bind,
+            self.port,
+            self.scripting,
+        );
+        if let Some(mb) = self.memory_limit_mb {
+            t += &format!("memory_limit_mb = {mb}\n");
+        }
+        t += &format!("\n[api]\nlisten = \"127.0.0.1:{}\"\n", self.api_port);
+        if let Some(c) = &self.allowed_cidrs {
+            let list: Vec<String> = c.iter().map(|s| format!("\"{s}\"")).collect();
+            t += &format!("\n[access]\nallowed_cidrs = [{}]\n", list.join(", "));
+        }
+        t += &self.extra;
+        t
+    }
+}
+
+/// A running (or stopped) agent with its own temporary directory.
+pub struct Agent {
+    pub spec: NodeSpec,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    /// Wraps the agent command, e.g. to run it inside a network namespace.
+    wrapper: Vec<String>,
+}
+
+impl Agent {
+    /// Write the config; the agent is not started yet.
+    pub fn prepare(spec: NodeSpec) -> Result<Agent> {
+        let dir = tempfile::Builder::new().prefix("rs-test-").tempdir()?;
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, spec.render(dir.path()))?;
+        Ok(Agent {
+            spec,
+            dir,
+            config_path,
+            child: None,
+            wrapper: Vec::new(),
+        })
+    }
+
+    /// Run the agent through `wrapper` (e.g. `["ip", "netns", "exec", "ns1"]`).
+    pub fn with_wrapper(mut self, wrapper: Vec<String>) -> Agent {
+        self.wrapper = wrapper;
+        self
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.state_dir().join("tls/ca.crt")
+    }
+
+    /// The command that runs `redis-steward run` for this node, with its log file attached.
+    pub fn command(&self) -> Result<Command> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(cmd)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let child = self
+            .command()?
+            .spawn()
+            .context("cannot start redis-steward")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Start with a customised command (extra environment, for instance).
+    pub fn start_with(&mut self, f: impl FnOnce(&mut Command)) -> Result<()> {
+        let mut cmd = self.command()?;
+        f(&mut cmd);
+        self.child = Some(cmd.spawn().context("cannot start redis-steward")?);
+        Ok(())
+    }
+
+    pub fn start_healthy(&mut self) -> Result<serde_json::Value> {
+        self.start()?;
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.spec.api_port))
+    }
+
+    /// GET a path from the agent's API; None if it does not answer 200.
+    pub fn api_get(&self, path: &str) -> Option<String> {
+        http_get(self.api_addr(), path).ok()
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.api_get("/status")?).ok()
+    }
+
+    /// Wait until the agent reports redis healthy; fails with the agent's log if it exits.
+    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status() {
+                if s["redis"]["healthy"] == true {
+                    return Ok(s);
+                }
+            }
+            if let Some(code) = self.try_exit_code() {
+                bail!(
+                    "agent exited ({code:?}) before redis was healthy; log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("agent not healthy within {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The redis pid the agent reports.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self.status()?["redis"]["pid"].as_u64().map(|p| p as u32)
+    }
+
+    fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        let c = self.child.as_mut()?;
+        c.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// Wait for the agent process to exit; returns its exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let c = self.child.as_mut().context("agent not started")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait()? {
+                self.child = None;
+                return Ok(s.code());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "agent did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<Option<i32>> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(40))
+    }
+
+    /// The real redis-cli over TLS, as the customer, against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(Some(PASSWORD), args)
+    }
+
+    pub fn cli_as(&self, password: Option<&str>, args: &[&str]) -> Output {
+        let mut c = Command::new("redis-cli");
+        c.args(["--tls", "--cacert"]).arg(self.ca_file()).args([
+            "-h",
+            &self.spec.bind,
+            "-p",
+            &self.spec.port.to_string(),
+            "--no-auth-warning",
+        ]);
+        if let Some(p) = password {
+            c.args(["-a", p]);
+        }
+        c.args(args)
+            .output()
+            .expect("cannot run redis-cli (apt-get install redis-tools)")
+    }
+
+    /// redis-cli's stdout for a customer command, trimmed.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        let mut s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if s.is_empty() {
+            s = String::from_utf8_lossy(&o.stderr).trim().to_string();
+        }
+        s
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Kill the agent; redis follows through PR_SET_PDEATHSIG.
+            let redis = self.redis_pid();
+            let _ = c.kill();
+            let _ = c.wait();
+            if let Some(p) = redis {
+                wait_pid_gone(p, Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // Field 3 (after the parenthesised name) is the state; Z = zombie.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
+    wait_for(timeout, Duration::from_millis(25), || {
+        (!pid_alive(pid)).then_some(())
+    })
+    .is_some()
+}
+
+/// A tiny HTTP/1.0 GET (the agent's API is plain HTTP on loopback).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("HTTP {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
+}
+
+/// Run the agent binary with arguments and collect its output (for CLI tests).
+pub fn run_cli(args: &[&str]) -> Output {
+    Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("cannot run redis-steward")
+}
