@@ -653,3 +653,20 @@ password = "correct-horse"
         assert!(!format!("{c:?}").contains("correct-horse"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    /// The commented example that ships in packaging/ must stay valid.
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../packaging/config.example.toml")
+            .replace("/usr/bin/redis-server", "/bin/sh")
+            .replace(
+                "password_file = \"/etc/redis-steward/password\"",
+                "password = \"example-pw\"",
+            );
+        let c = super::parse(&text).expect("example config is valid");
+        assert_eq!(c.node_name, "node-1");
+        assert!(c.access.is_open());
+    }
+}

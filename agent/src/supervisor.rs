@@ -450,13 +450,34 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Redis logs to stdout; pass its lines on as our own log lines (target `redis`).
+/// Split a redis log line (`pid:role dd Mon yyyy hh:mm:ss.mmm <level> message`) into its
+/// level character and message; our own log already carries time and source.
+pub fn parse_redis_log_line(line: &str) -> (char, &str) {
+    let parts: Vec<&str> = line.splitn(7, ' ').collect();
+    if let [pid_role, _, _, _, _, level, msg] = parts[..] {
+        let mut level_chars = level.chars();
+        if let (Some(c @ ('.' | '-' | '*' | '#')), None) = (level_chars.next(), level_chars.next())
+        {
+            if pid_role.contains(':') {
+                return (c, msg);
+            }
+        }
+    }
+    ('*', line)
+}
+
+/// Redis logs to stdout; pass its lines on as our own log lines (target `redis`), at the
+/// level redis gave them.
 fn forward_output(child: &mut Child) {
     if let Some(out) = child.stdout.take() {
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                info!(target: "redis", "{line}");
+                match parse_redis_log_line(&line) {
+                    ('#', msg) => warn!(target: "redis", "{msg}"),
+                    ('.' | '-', msg) => debug!(target: "redis", "{msg}"),
+                    (_, msg) => info!(target: "redis", "{msg}"),
+                }
             }
         });
     }
@@ -513,6 +534,23 @@ impl Launcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_log_lines_lose_their_prefix_but_keep_their_level() {
+        assert_eq!(
+            parse_redis_log_line("7875:M 25 Nov 2026 20:29:59.406 # Server initialized"),
+            ('#', "Server initialized")
+        );
+        assert_eq!(
+            parse_redis_log_line("7875:C 25 Nov 2026 20:29:59.400 * Configuration loaded"),
+            ('*', "Configuration loaded")
+        );
+        assert_eq!(parse_redis_log_line("odd line"), ('*', "odd line"));
+        assert_eq!(
+            parse_redis_log_line("a b c d e f g h"),
+            ('*', "a b c d e f g h")
+        );
+    }
 
     #[test]
     fn backoff_is_immediate_then_doubles_to_cap_and_resets() {
