@@ -1,4 +1,5 @@
 //! The redis-steward testbed: helpers that start the real agent binary and real
 //! redis-server, and (in `netns`) multi-host networks made of network namespaces.
 
+pub mod netns;
 pub mod node;

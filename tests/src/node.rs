@@ -120,6 +120,8 @@ pub struct Agent {
     child: Option<Child>,
     /// Wraps the agent command, e.g. to run it inside a network namespace.
     wrapper: Vec<String>,
+    /// The network namespace the agent runs in, if not the test's own.
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -134,12 +136,21 @@ impl Agent {
             config_path,
             child: None,
             wrapper: Vec::new(),
+            netns: None,
         })
     }
 
     /// Run the agent through `wrapper` (e.g. `["ip", "netns", "exec", "ns1"]`).
     pub fn with_wrapper(mut self, wrapper: Vec<String>) -> Agent {
         self.wrapper = wrapper;
+        self
+    }
+
+    /// Run the agent inside the network namespace `name` (a testbed host); the API is then
+    /// reached from inside that namespace too.
+    pub fn in_netns(mut self, name: &str) -> Agent {
+        self.wrapper = vec!["ip".into(), "netns".into(), "exec".into(), name.into()];
+        self.netns = Some(name.to_string());
         self
     }
 
@@ -220,7 +231,11 @@ impl Agent {
 
     /// GET a path from the agent's API; None if it does not answer 200.
     pub fn api_get(&self, path: &str) -> Option<String> {
-        http_get(self.api_addr(), path).ok()
+        let addr = self.api_addr();
+        match &self.netns {
+            Some(ns) => crate::netns::run_in_netns(ns, || http_get(addr, path).ok()),
+            None => http_get(addr, path).ok(),
+        }
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
