@@ -15,6 +15,7 @@ pub mod redis_client;
 pub mod redis_conf;
 pub mod secrets;
 pub mod status;
+pub mod store;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;

@@ -1,0 +1,347 @@
+//! The object store seam: the few operations the agent needs from a bucket (create-only put,
+//! overwrite, get, list, delete), over `object_store` for `file://`, `s3://`, `gs://`, `az://`
+//! and `memory://` URLs. Everything else (leases, backups) is built on these five calls.
+//!
+//! Contracts (checked by [`contract::check`] against every backend the tests can run):
+//! - `create` succeeds for exactly one caller per path, even when racing; later callers get
+//!   `Ok(false)`. This is the arbiter primitive for 2-node data stores.
+//! - `get` of a missing object is `Ok(None)`, not an error.
+//! - `delete` is idempotent.
+//! - every call is bounded by a timeout, so an unreachable store is an error, never a hang.
+
+use bytes::Bytes;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store {store}: {op} {path} timed out after {timeout:?}")]
+    Timeout {
+        store: String,
+        op: &'static str,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("object store {store}: {op} {path} failed: {source}")]
+    Backend {
+        store: String,
+        op: &'static str,
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("object store URL {url:?}: {message}")]
+    Url { url: String, message: String },
+}
+
+/// A bucket (or folder) as the agent sees it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    /// For messages; never holds credentials.
+    name: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.name)
+    }
+}
+
+/// An object's name and size from a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub size: u64,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Open a store by URL. `options` are object_store configuration keys (e.g.
+    /// `aws_endpoint`, `aws_region`, `aws_allow_http`, `aws_access_key_id`); credentials not
+    /// given there come from the backend's usual environment variables.
+    pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Store, StoreError> {
+        let bad = |message: String| StoreError::Url {
+            url: url.to_string(),
+            message,
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad("expected scheme://…, e.g. file:///var/lib/backups or s3://bucket/prefix".into())
+        })?;
+        let inner: Arc<dyn ObjectStore> = match scheme {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return Err(bad(
+                        "file:// URLs need an absolute path (file:///path)".into()
+                    ));
+                }
+                std::fs::create_dir_all(rest)
+                    .map_err(|e| bad(format!("cannot create {rest}: {e}")))?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(rest)
+                        .map_err(|e| bad(e.to_string()))?,
+                )
+            }
+            "memory" => Arc::new(object_store::memory::InMemory::new()),
+            "s3" | "gs" | "az" | "azure" | "abfs" => {
+                let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+                let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
+                    .map_err(|e| bad(e.to_string()))?;
+                let store: Arc<dyn ObjectStore> = Arc::from(store);
+                if prefix.as_ref().is_empty() {
+                    store
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "unsupported scheme {other:?} (file, s3, gs, az)"
+                )))
+            }
+        };
+        // Never echo credentials: the name is scheme + location only.
+        let name = match url::Url::parse(url) {
+            Ok(u) => format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            ),
+            Err(_) => format!("{scheme}://…"),
+        };
+        Ok(Store {
+            inner,
+            name,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    pub fn in_memory() -> Store {
+        Store {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            name: "memory://".into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Store {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        path: &str,
+        fut: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(|source| StoreError::Backend {
+                store: self.name.clone(),
+                op,
+                path: path.to_string(),
+                source,
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                store: self.name.clone(),
+                op,
+                path: path.to_string(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Create `path` only if it does not exist. `Ok(true)`: this call created it;
+    /// `Ok(false)`: it already existed (someone else won).
+    pub async fn create(&self, path: &str, data: Bytes) -> Result<bool, StoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let p = ObjPath::from(path);
+        let r = self
+            .bounded(
+                "create",
+                path,
+                self.inner.put_opts(&p, PutPayload::from(data), opts),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(StoreError::Backend {
+                source:
+                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write `path`, replacing any previous content.
+    pub async fn put(&self, path: &str, data: Bytes) -> Result<(), StoreError> {
+        let p = ObjPath::from(path);
+        self.bounded("put", path, self.inner.put(&p, PutPayload::from(data)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Read `path`; `None` if it does not exist.
+    pub async fn get(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
+        let p = ObjPath::from(path);
+        let fut = async {
+            match self.inner.get(&p).await {
+                Ok(r) => r.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        self.bounded("get", path, fut).await
+    }
+
+    /// Every object under `prefix` (recursively), sorted by path.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        use futures::TryStreamExt;
+        let p = ObjPath::from(prefix);
+        let fut = async {
+            let metas: Vec<_> = self
+                .inner
+                .list(if prefix.is_empty() { None } else { Some(&p) })
+                .try_collect()
+                .await?;
+            Ok(metas)
+        };
+        let mut out: Vec<Entry> = self
+            .bounded("list", prefix, fut)
+            .await?
+            .into_iter()
+            .map(|m| Entry {
+                path: m.location.to_string(),
+                size: m.size,
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Delete `path`; deleting a missing object is not an error.
+    pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
+        let p = ObjPath::from(path);
+        let fut = async {
+            match self.inner.delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        self.bounded("delete", path, fut).await
+    }
+}
+
+/// The store contract, as executable checks. Public so that integration tests can run it
+/// against real servers (S3-compatible, Azurite) as well as the unit tests' backends.
+pub mod contract {
+    use super::*;
+
+    /// Run every contract check under `base` (a fresh prefix) of `store`; panics on a breach.
+    pub async fn check(store: &Store, base: &str) {
+        let p = |s: &str| format!("{base}/{s}");
+        // get of a missing object is None.
+        assert_eq!(store.get(&p("missing")).await.unwrap(), None);
+        // create is create-only.
+        assert!(store
+            .create(&p("lease/1"), Bytes::from_static(b"a"))
+            .await
+            .unwrap());
+        assert!(!store
+            .create(&p("lease/1"), Bytes::from_static(b"b"))
+            .await
+            .unwrap());
+        assert_eq!(
+            store.get(&p("lease/1")).await.unwrap().unwrap(),
+            Bytes::from_static(b"a")
+        );
+        // put overwrites.
+        store.put(&p("hb"), Bytes::from_static(b"1")).await.unwrap();
+        store.put(&p("hb"), Bytes::from_static(b"2")).await.unwrap();
+        assert_eq!(
+            store.get(&p("hb")).await.unwrap().unwrap(),
+            Bytes::from_static(b"2")
+        );
+        // list is recursive and sorted, with sizes.
+        let l = store.list(base).await.unwrap();
+        let names: Vec<_> = l.iter().map(|e| e.path.clone()).collect();
+        assert_eq!(names, vec![p("hb"), p("lease/1")]);
+        assert_eq!(l[1].size, 1);
+        // Racing creates: exactly one wins.
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let s = store.clone();
+                let path = p("lease/2");
+                tokio::spawn(
+                    async move { s.create(&path, Bytes::from(format!("n{i}"))).await.unwrap() },
+                )
+            })
+            .collect();
+        let mut wins = 0;
+        for r in racers {
+            wins += r.await.unwrap() as usize;
+        }
+        assert_eq!(wins, 1, "exactly one racing create may win");
+        // delete is idempotent.
+        store.delete(&p("hb")).await.unwrap();
+        store.delete(&p("hb")).await.unwrap();
+        assert_eq!(store.get(&p("hb")).await.unwrap(), None);
+        for e in store.list(base).await.unwrap() {
+            store.delete(&e.path).await.unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_store_keeps_the_contract() {
+        contract::check(&Store::in_memory(), "t").await;
+    }
+
+    #[tokio::test]
+    async fn local_folder_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/bucket", dir.path().display());
+        let s = Store::open(&url, &BTreeMap::new()).unwrap();
+        contract::check(&s, "t").await;
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        for (url, want) in [
+            ("/no/scheme", "scheme://"),
+            ("file://relative", "absolute path"),
+            ("ftp://host/x", "unsupported scheme"),
+        ] {
+            let e = Store::open(url, &BTreeMap::new()).unwrap_err().to_string();
+            assert!(e.contains(url) && e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn store_names_never_carry_credentials() {
+        let mut o = BTreeMap::new();
+        o.insert("aws_region".into(), "us-east-1".into());
+        o.insert("aws_secret_access_key".into(), "secret-key".into());
+        let s = Store::open("s3://user:secret@bucket/prefix", &o).unwrap();
+        assert_eq!(s.name(), "s3://bucket/prefix");
+        assert!(!format!("{s:?}").contains("secret"));
+    }
+}

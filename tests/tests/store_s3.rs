@@ -1,0 +1,30 @@
+//! The object-store contract against a real S3-compatible server (moto), including racing
+//! create-only puts: the primitive the 2-node lease is built on.
+
+use redis_steward::store::{contract, Store};
+use steward_testbed::s3::MotoServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_server_keeps_the_store_contract() {
+    let moto = MotoServer::start().unwrap();
+    moto.create_bucket("steward").unwrap();
+    let store = Store::open("s3://steward/ds-1", &moto.options()).unwrap();
+    contract::check(&store, "contract").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_times_out_with_a_clear_error() {
+    let moto = MotoServer::start().unwrap();
+    moto.create_bucket("steward").unwrap();
+    let store = Store::open("s3://steward/x", &moto.options())
+        .unwrap()
+        .with_timeout(std::time::Duration::from_millis(500));
+    moto.pause(true);
+    let e = store.get("lease/1").await.unwrap_err().to_string();
+    moto.pause(false);
+    assert!(
+        e.contains("s3://steward/x") && e.contains("lease/1") && e.contains("timed out"),
+        "{e}"
+    );
+    assert_eq!(store.get("lease/1").await.unwrap(), None);
+}
