@@ -17,12 +17,13 @@ impl MotoServer {
     /// Start `moto_server` and wait (bounded) until it answers.
     pub fn start() -> Result<MotoServer> {
         let port = crate::node::free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m` rather than the `moto_server` script: found whatever PATH holds.
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start moto_server (pip install 'moto[server]')")?;
+            .context("cannot start moto's server (python3 -m pip install 'moto[server]')")?;
         let mut server = MotoServer { port, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while server.request("GET", "/").is_err() {
