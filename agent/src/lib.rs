@@ -5,6 +5,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod firewall;
+pub mod gossip;
+pub mod keyfile;
 pub mod layout;
 pub mod limits;
 pub mod lock;
