@@ -31,7 +31,7 @@ pub enum StoreError {
         op: &'static str,
         path: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("object store URL {url:?}: {message}")]
     Url { url: String, message: String },
@@ -59,6 +59,22 @@ pub struct Entry {
     pub size: u64,
 }
 
+/// A URL fit for logs and errors: scheme, host and path only, never user info or query.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.path()
+        ),
+        Err(_) => url
+            .split_once("://")
+            .map(|(s, _)| format!("{s}://…"))
+            .unwrap_or_else(|| "…".into()),
+    }
+}
+
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
@@ -67,7 +83,7 @@ impl Store {
     /// given there come from the backend's usual environment variables.
     pub fn open(url: &str, options: &BTreeMap<String, String>) -> Result<Store, StoreError> {
         let bad = |message: String| StoreError::Url {
-            url: url.to_string(),
+            url: redact(url),
             message,
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
@@ -117,7 +133,7 @@ impl Store {
         };
         Ok(Store {
             inner,
-            name,
+            name: redact(url),
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -150,7 +166,7 @@ impl Store {
                 store: self.name.clone(),
                 op,
                 path: path.to_string(),
-                source,
+                source: Box::new(source),
             }),
             Err(_) => Err(StoreError::Timeout {
                 store: self.name.clone(),
@@ -178,11 +194,15 @@ impl Store {
             .await;
         match r {
             Ok(_) => Ok(true),
-            Err(StoreError::Backend {
-                source:
-                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-                ..
-            }) => Ok(false),
+            Err(StoreError::Backend { source, .. })
+                if matches!(
+                    *source,
+                    object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. }
+                ) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -339,9 +359,14 @@ mod tests {
     fn store_names_never_carry_credentials() {
         let mut o = BTreeMap::new();
         o.insert("aws_region".into(), "us-east-1".into());
+        o.insert("aws_access_key_id".into(), "key-id".into());
         o.insert("aws_secret_access_key".into(), "secret-key".into());
         let s = Store::open("s3://user:secret@bucket/prefix", &o).unwrap();
         assert_eq!(s.name(), "s3://bucket/prefix");
         assert!(!format!("{s:?}").contains("secret"));
+        let e = Store::open("s3://user:secret@bucket/prefix?x=secret", &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
     }
 }
