@@ -121,16 +121,7 @@ impl Store {
                 )))
             }
         };
-        // Never echo credentials: the name is scheme + location only.
-        let name = match url::Url::parse(url) {
-            Ok(u) => format!(
-                "{}://{}{}",
-                u.scheme(),
-                u.host_str().unwrap_or(""),
-                u.path()
-            ),
-            Err(_) => format!("{scheme}://…"),
-        };
+        // Never echo credentials: the name is scheme + location only (see `redact`).
         Ok(Store {
             inner,
             name: redact(url),
