@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod election;
 pub mod firewall;
 pub mod gossip;
 pub mod keyfile;

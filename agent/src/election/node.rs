@@ -1,0 +1,1251 @@
+//! The per-node state machine. See the module docs of `election` for the protocol and the
+//! argument for why it is safe; comments here point at the rule each piece implements.
+
+use super::config::{Config, ElectionConfigError, Timing};
+use super::{
+    Ack, Action, Campaign, Decision, Durable, Event, LeaseResult, NodeId, PeerView, Position,
+    PublishedState, Role, Vote,
+};
+use std::collections::BTreeMap;
+
+/// The protocol follows from the number of voters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Single,
+    Lease,
+    Quorum,
+}
+
+/// What gossip last told us about one other voter.
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    alive: bool,
+    state: Option<PublishedState>,
+    /// When (our clock) its heartbeat last changed: the last time we heard from it.
+    heard_at: Option<u64>,
+}
+
+/// The node we acknowledge: the primary of the newest epoch we accept, or the candidate we
+/// voted for.
+#[derive(Debug, Clone)]
+struct Leader {
+    node: NodeId,
+    epoch: u64,
+    seen_heartbeat: Option<u64>,
+    /// When we last saw it primary of `epoch`, writable and with healthy redis (or when it
+    /// became our leader). Support is withdrawn `primary_grace_ms` after that.
+    serving_at: u64,
+    acked: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PrimaryState {
+    epoch: u64,
+    /// Two nodes: writes are safe until then on the lease alone (our clock).
+    lease_valid_until: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ActiveCampaign {
+    epoch: u64,
+    started_at: u64,
+    /// The first step after the one that started it: the shell has persisted and published
+    /// the campaign by then (a slow fsync must not eat the election timeout).
+    published_at: Option<u64>,
+    position: Position,
+}
+
+/// The lease store as this node last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LeaseSeen {
+    epoch: u64,
+    holder: Option<NodeId>,
+    heartbeat: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Acquire {
+    epoch: u64,
+    /// When we first asked to create this epoch's lease: the create landed after it.
+    first_sent_at: u64,
+    last_sent_at: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LeaseTrack {
+    seen: Option<LeaseSeen>,
+    /// When (our clock) an answer first showed the current `seen`.
+    changed_at: u64,
+    /// When we sent the newest poll whose answer still showed `seen`.
+    polled_at: Option<u64>,
+    /// When we last sent a poll (polls are rate-limited).
+    last_poll_at: Option<u64>,
+    next_renew_at: u64,
+    acquire: Option<Acquire>,
+}
+
+/// Whether our redis replicates. Positions are compared in elections, so a replica stops
+/// replicating first (`Detach`) and waits for a probe confirming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replication {
+    /// Just started: redis may still replicate from whatever it followed before.
+    Unknown,
+    Following,
+    Detaching,
+    /// Replicating from nobody (confirmed by a probe, or we are or were primary).
+    Detached,
+}
+
+#[derive(Debug, Clone, Default)]
+struct OwnRedis {
+    probed: bool,
+    healthy: bool,
+    offset: u64,
+    upstream: Option<NodeId>,
+    unhealthy_since: Option<u64>,
+    /// The `Follow` whose stream may still feed our redis (until a detach is confirmed).
+    stream: Option<(NodeId, u64)>,
+    /// Offset of the previous healthy probe since that `Follow`.
+    baseline: Option<u64>,
+    /// The newest epoch whose data we are known to hold.
+    holds_epoch: u64,
+}
+
+/// Actions and log-worthy notes gathered during one step.
+#[derive(Default)]
+struct Out {
+    actions: Vec<Action>,
+    notes: Vec<String>,
+}
+
+impl Out {
+    fn act(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+}
+
+/// One voter's election and fencing logic. Pure: the shell feeds it events with the time and
+/// carries out the actions it returns, in order.
+#[derive(Debug, Clone)]
+pub struct Node {
+    me: NodeId,
+    /// Sorted; includes `me`.
+    voters: Vec<NodeId>,
+    mode: Mode,
+    t: Timing,
+    durable: Durable,
+    now: u64,
+    /// The last time we may have acknowledged a primary (or were one ourselves): we help
+    /// replace nobody until `failover_timeout_ms` after it. Starts at our start time, since
+    /// before a crash we may have acknowledged someone.
+    evidence_at: u64,
+    redis: OwnRedis,
+    peers: BTreeMap<NodeId, Peer>,
+    primary: Option<PrimaryState>,
+    following: Option<(NodeId, u64)>,
+    replication: Replication,
+    leader: Option<Leader>,
+    /// What the shell was last told; None right after start (so the first step fences).
+    fenced: Option<bool>,
+    campaign: Option<ActiveCampaign>,
+    next_campaign_at: u64,
+    attempts: u32,
+    /// Campaigns in a row that timed out with nobody competing: each doubles the next
+    /// campaign's timeout, since the votes were probably still on their way.
+    timeouts: u32,
+    defer_since: Option<u64>,
+    lease: LeaseTrack,
+}
+
+impl Node {
+    /// A node (re)starting at `now_ms` with what it persisted before. Its redis may still be a
+    /// writable primary from before a crash, so its first decision fences it.
+    pub fn new(config: Config, durable: Durable, now_ms: u64) -> Result<Node, ElectionConfigError> {
+        config.validate()?;
+        let Config {
+            me,
+            mut voters,
+            timing,
+        } = config;
+        voters.sort();
+        let mode = match voters.len() {
+            1 => Mode::Single,
+            2 => Mode::Lease,
+            _ => Mode::Quorum,
+        };
+        Ok(Node {
+            me,
+            voters,
+            mode,
+            t: timing,
+            durable,
+            now: now_ms,
+            evidence_at: now_ms,
+            redis: OwnRedis::default(),
+            peers: BTreeMap::new(),
+            primary: None,
+            following: None,
+            replication: Replication::Unknown,
+            leader: None,
+            fenced: None,
+            campaign: None,
+            next_campaign_at: now_ms,
+            attempts: 0,
+            timeouts: 0,
+            defer_since: None,
+            lease: LeaseTrack {
+                changed_at: now_ms,
+                ..LeaseTrack::default()
+            },
+        })
+    }
+
+    /// Feed one event observed at `now_ms` (this node's monotonic clock; a smaller value than
+    /// before is treated as no time passing). Time comes with every event, not only with
+    /// ticks, so that what gossip says is stamped with when we learned it: a stale stamp would
+    /// make a voter give up on a primary too early.
+    pub fn step(&mut self, now_ms: u64, event: Event) -> Decision {
+        self.now = self.now.max(now_ms);
+        let mut out = Out::default();
+        match event {
+            Event::Tick => {}
+            Event::Peers(views) => self.observe_peers(views),
+            Event::RedisProbe {
+                healthy,
+                offset,
+                upstream,
+            } => self.observe_redis(healthy, offset, upstream),
+            Event::Lease(result) => self.observe_lease(result, &mut out),
+        }
+        self.cycle(&mut out);
+        let changed = !out.notes.is_empty();
+        let reason = if changed {
+            out.notes.join("; ")
+        } else {
+            self.summary()
+        };
+        Decision {
+            actions: out.actions,
+            reason,
+            changed,
+        }
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// Primary and not fenced.
+    pub fn is_writable(&self) -> bool {
+        self.primary.is_some() && self.fenced == Some(false)
+    }
+
+    /// The epoch this node is primary of, if it is one (writable or fenced).
+    pub fn primary_epoch(&self) -> Option<u64> {
+        self.primary.map(|p| p.epoch)
+    }
+
+    /// What this node would publish now.
+    pub fn published(&self) -> PublishedState {
+        let (role, epoch, primary) = match (self.primary, &self.following) {
+            (Some(p), _) => (Role::Primary, p.epoch, Some(self.me.clone())),
+            (None, Some((node, epoch))) => (Role::Replica, *epoch, Some(node.clone())),
+            (None, None) if self.redis.probed => (Role::Replica, 0, None),
+            (None, None) => (Role::Starting, 0, None),
+        };
+        PublishedState {
+            role,
+            epoch,
+            primary,
+            writable: self.is_writable(),
+            heartbeat: self.now,
+            redis_healthy: self.redis.healthy,
+            position: self.position(),
+            vote: self.durable.vote.clone(),
+            campaign: self.campaign.map(|c| Campaign {
+                epoch: c.epoch,
+                position: c.position,
+            }),
+            ack: self.ack(),
+        }
+    }
+
+    // ---- observing -------------------------------------------------------------------------
+
+    fn observe_peers(&mut self, views: Vec<PeerView>) {
+        for view in views {
+            if view.node == self.me || !self.voters.contains(&view.node) {
+                continue;
+            }
+            let peer = self.peers.entry(view.node).or_default();
+            peer.alive = view.alive;
+            if let Some(state) = view.state {
+                if peer
+                    .state
+                    .as_ref()
+                    .is_none_or(|old| old.heartbeat != state.heartbeat)
+                {
+                    peer.heard_at = Some(self.now);
+                }
+                peer.state = Some(state);
+            }
+        }
+    }
+
+    fn observe_redis(&mut self, healthy: bool, offset: u64, upstream: Option<NodeId>) {
+        if healthy {
+            self.redis.unhealthy_since = None;
+        } else if self.redis.unhealthy_since.is_none() {
+            self.redis.unhealthy_since = Some(self.now);
+        }
+        // Replication is scoped to an epoch, so while a `Follow` of epoch e may feed us our data
+        // changes only by e's stream: a link up, or any change of offset, means we hold e's
+        // data. (A redis restart in between could lose data instead, hence healthy probes.)
+        if let Some((node, epoch)) = &self.redis.stream {
+            let linked = upstream.as_ref() == Some(node);
+            let moved = self.redis.baseline.is_some_and(|b| b != offset);
+            if healthy && (linked || moved) {
+                self.redis.holds_epoch = self.redis.holds_epoch.max(*epoch);
+            }
+        }
+        self.redis.baseline = healthy.then_some(offset);
+        if self.replication == Replication::Detaching && upstream.is_none() {
+            self.replication = Replication::Detached;
+            self.redis.stream = None;
+        }
+        self.redis.probed = true;
+        self.redis.healthy = healthy;
+        self.redis.offset = offset;
+        self.redis.upstream = upstream;
+    }
+
+    fn observe_lease(&mut self, result: LeaseResult, out: &mut Out) {
+        if self.mode != Mode::Lease {
+            return;
+        }
+        match result {
+            LeaseResult::Heartbeat {
+                asked_at,
+                epoch,
+                holder,
+                heartbeat,
+            } => {
+                if self.lease_seen(LeaseSeen {
+                    epoch,
+                    holder,
+                    heartbeat,
+                }) {
+                    self.lease.polled_at = Some(self.lease.polled_at.unwrap_or(0).max(asked_at));
+                }
+            }
+            LeaseResult::Acquired { epoch } => self.lease_won(epoch, out),
+            LeaseResult::AlreadyTaken { epoch, holder } => {
+                let mine = holder == self.me;
+                self.lease_seen(LeaseSeen {
+                    epoch,
+                    holder: Some(holder),
+                    heartbeat: None,
+                });
+                if mine {
+                    // Our own earlier create landed but its answer was lost.
+                    self.lease_won(epoch, out);
+                } else if self.lease.acquire.is_some_and(|a| a.epoch <= epoch) {
+                    self.lease.acquire = None;
+                }
+            }
+            LeaseResult::Renewed { epoch, heartbeat } => {
+                let now = self.now;
+                let fence_after = self.t.fence_after_ms;
+                if let Some(p) = self.primary.as_mut().filter(|p| p.epoch == epoch) {
+                    // The chain rule: a renewal extends the lease only if it completed while
+                    // the lease was still valid. One that lands later may have raced with the
+                    // standby's takeover unseen; only a new epoch is safe then.
+                    if now < p.lease_valid_until {
+                        p.lease_valid_until = p.lease_valid_until.max(heartbeat + fence_after);
+                    }
+                }
+            }
+            LeaseResult::Unreachable => {}
+        }
+    }
+
+    /// Records a lease store reading; false if it is older than what we know.
+    fn lease_seen(&mut self, seen: LeaseSeen) -> bool {
+        if let Some(old) = &self.lease.seen {
+            if seen.epoch < old.epoch {
+                return false;
+            }
+            if *old == seen {
+                return true;
+            }
+        }
+        self.lease.seen = Some(seen);
+        self.lease.changed_at = self.now;
+        self.lease.polled_at = None;
+        true
+    }
+
+    fn lease_won(&mut self, epoch: u64, out: &mut Out) {
+        let Some(acquire) = self.lease.acquire.filter(|a| a.epoch == epoch) else {
+            return;
+        };
+        if self.durable.vote != Some(self.vote_for_me(epoch)) {
+            return;
+        }
+        self.lease.acquire = None;
+        self.lease_seen(LeaseSeen {
+            epoch,
+            holder: Some(self.me.clone()),
+            heartbeat: None,
+        });
+        self.lease.next_renew_at = self.now;
+        let why = match self.primary {
+            Some(p) => format!(
+                "my lease of epoch {} lapsed; re-acquired epoch {epoch}",
+                p.epoch
+            ),
+            None => format!("acquired the lease of epoch {epoch}; promoting"),
+        };
+        // The create landed after we first sent it, so the standby saw it no earlier.
+        let valid_until = acquire.first_sent_at + self.t.fence_after_ms;
+        self.promote(epoch, valid_until, why, out);
+    }
+
+    // ---- the cycle ---------------------------------------------------------------------------
+
+    fn cycle(&mut self, out: &mut Out) {
+        if self.fenced.is_none() {
+            // Before anything else: redis may still be a writable primary from before.
+            self.set_fenced(true, out);
+            out.note("starting fenced".into());
+        }
+        if self.mode == Mode::Single {
+            self.run_single(out);
+        } else {
+            self.track_leader();
+            self.note_synced(out);
+            self.check_demotion(out);
+            self.freeze(out);
+            if self.mode == Mode::Quorum {
+                self.grant_vote(out);
+                // Acknowledging the candidate we just voted for is evidence of a live leader:
+                // no campaign of our own against it.
+                self.track_leader();
+                self.run_campaign(out);
+            } else {
+                self.run_lease(out);
+            }
+            // A vote or a campaign may have changed whom we acknowledge.
+            self.track_leader();
+            self.follow(out);
+        }
+        self.apply_fence(out);
+        if self.is_writable() {
+            self.evidence_at = self.now;
+        }
+        out.act(Action::Publish(self.published()));
+    }
+
+    fn run_single(&mut self, out: &mut Out) {
+        if self.primary.is_some() {
+            return;
+        }
+        let epoch = self.durable.vote.as_ref().map_or(1, |v| v.epoch.max(1));
+        self.durable.vote = Some(self.vote_for_me(epoch));
+        self.promote(
+            epoch,
+            0,
+            format!("single voter: primary of epoch {epoch}"),
+            out,
+        );
+    }
+
+    /// Picks whom to acknowledge and, when it published something new, acknowledges it.
+    fn track_leader(&mut self) {
+        let want = self.pick_leader();
+        let same = match (&self.leader, &want) {
+            (Some(l), Some((node, epoch))) => l.node == *node && l.epoch == *epoch,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.leader = want.map(|(node, epoch)| Leader {
+                node,
+                epoch,
+                seen_heartbeat: None,
+                serving_at: self.now,
+                acked: None,
+            });
+        }
+        let Some(leader) = self.leader.as_mut() else {
+            return;
+        };
+        let Some(state) = self.peers.get(&leader.node).and_then(|p| p.state.as_ref()) else {
+            return;
+        };
+        if leader.seen_heartbeat == Some(state.heartbeat) {
+            return;
+        }
+        leader.seen_heartbeat = Some(state.heartbeat);
+        if state.role == Role::Primary
+            && state.epoch == leader.epoch
+            && state.writable
+            && state.redis_healthy
+        {
+            leader.serving_at = self.now;
+        }
+        if self.now - leader.serving_at < self.t.primary_grace_ms {
+            leader.acked = Some(state.heartbeat);
+            self.evidence_at = self.evidence_at.max(self.now);
+        }
+    }
+
+    /// The primary of the newest epoch not below our own vote, or the candidate we voted for
+    /// if that is newer. Acknowledging anything older than our vote could let a primary we
+    /// voted to replace keep writing.
+    fn pick_leader(&self) -> Option<(NodeId, u64)> {
+        let floor = self.durable.vote.as_ref().map_or(0, |v| v.epoch);
+        let claim = self
+            .highest_claim()
+            .filter(|(_, e)| *e >= floor && self.primary.is_none_or(|p| *e > p.epoch));
+        let voted = self
+            .durable
+            .vote
+            .as_ref()
+            .filter(|v| v.candidate != self.me)
+            .map(|v| (v.candidate.clone(), v.epoch));
+        match (claim, voted) {
+            (Some(c), Some(v)) => Some(if c.1 >= v.1 { c } else { v }),
+            (c, v) => c.or(v),
+        }
+    }
+
+    fn check_demotion(&mut self, out: &mut Out) {
+        let Some(p) = self.primary else {
+            return;
+        };
+        let why = if let Some((node, epoch)) = self.highest_claim().filter(|(_, e)| *e > p.epoch) {
+            format!(
+                "{node} is primary of epoch {epoch}, newer than my epoch {}",
+                p.epoch
+            )
+        } else if let Some(v) = self
+            .durable
+            .vote
+            .as_ref()
+            .filter(|v| v.candidate != self.me && v.epoch > p.epoch)
+        {
+            format!("I voted for {} in epoch {}", v.candidate, v.epoch)
+        } else if let Some(seen) = self
+            .lease
+            .seen
+            .as_ref()
+            .filter(|s| s.epoch > p.epoch && s.holder.as_ref() != Some(&self.me))
+        {
+            let holder = seen.holder.as_ref().map_or("another node", |h| h.as_str());
+            format!("the lease of epoch {} belongs to {holder}", seen.epoch)
+        } else {
+            return;
+        };
+        self.demote(why, out);
+    }
+
+    // ---- three or more voters ----------------------------------------------------------------
+
+    /// Stops replicating right after a start (our data must come only from streams we chose),
+    /// and, with three or more voters, once an election is near (no primary heard, or the node
+    /// we follow campaigns) so that our position is final when we compare it.
+    fn freeze(&mut self, out: &mut Out) {
+        let why = match self.replication {
+            Replication::Unknown => "starting".to_string(),
+            Replication::Following if self.mode == Mode::Quorum && self.primary.is_none() => {
+                let leader_campaigns = self
+                    .leader
+                    .as_ref()
+                    .and_then(|l| self.peers.get(&l.node)?.state.as_ref()?.campaign)
+                    .is_some();
+                let primary_serves = self
+                    .highest_claim()
+                    .is_some_and(|(node, _)| self.serving(&node));
+                if primary_serves || (!self.primary_dead() && !leader_campaigns) {
+                    return;
+                }
+                format!("no primary heard for {} ms", self.now - self.evidence_at)
+            }
+            _ => return,
+        };
+        self.replication = Replication::Detaching;
+        self.following = None;
+        out.act(Action::Detach);
+        out.note(format!("stopped replicating to hold my data still ({why})"));
+    }
+
+    /// Grants at most one vote per epoch, to the best live candidate at least as advanced as
+    /// we are, and only if we would not keep a live primary of ours from being replaced.
+    fn grant_vote(&mut self, out: &mut Out) {
+        if self.is_writable() || !self.redis.probed {
+            return;
+        }
+        let now = self.now;
+        let mine = self.position();
+        let floor = self
+            .durable
+            .vote
+            .as_ref()
+            .map_or(0, |v| v.epoch)
+            .max(self.highest_claim_epoch())
+            .max(self.primary.map_or(0, |p| p.epoch));
+        // (candidate, its campaign, whether we replicate from it as the serving primary)
+        let mut best: Option<(&NodeId, Campaign, bool)> = None;
+        for (id, peer) in &self.peers {
+            let (Some(state), Some(heard)) = (&peer.state, peer.heard_at) else {
+                continue;
+            };
+            let Some(c) = state.campaign else {
+                continue;
+            };
+            let fresh = peer.alive && now - heard < self.t.failover_timeout_ms;
+            let streaming = self.streams_from(id, state);
+            if c.epoch <= floor || !fresh || !(streaming || c.position >= mine) {
+                continue;
+            }
+            // Peers iterate by name, so on equal positions the lowest name wins.
+            if best.is_none_or(|(_, b, _)| c.position > b.position) {
+                best = Some((id, c, streaming));
+            }
+        }
+        let Some((id, c, streaming)) = best else {
+            return;
+        };
+        let id = id.clone();
+        // Unless our data is a prefix of the candidate's, it must not move while we compare.
+        if !streaming && !self.position_final() {
+            return;
+        }
+        let for_my_leader = self.leader.as_ref().is_some_and(|l| l.node == id);
+        if !for_my_leader && !self.primary_dead() {
+            return;
+        }
+        self.durable.vote = Some(Vote {
+            epoch: c.epoch,
+            candidate: id.clone(),
+        });
+        out.act(Action::Persist(self.durable.clone()));
+        let data = if streaming {
+            "I replicate from it".to_string()
+        } else {
+            format!("its {} is at least my {mine}", c.position)
+        };
+        let because = if for_my_leader {
+            "it is the node I acknowledge".to_string()
+        } else {
+            format!("no primary heard for {} ms", now - self.evidence_at)
+        };
+        out.note(format!(
+            "voted for {id} in epoch {}: {data}, and {because}",
+            c.epoch
+        ));
+        self.campaign = None;
+        if self.primary.is_some() {
+            self.demote(format!("gave my vote to {id}"), out);
+        }
+    }
+
+    fn run_campaign(&mut self, out: &mut Out) {
+        if let Some(c) = self.campaign.as_mut() {
+            c.published_at.get_or_insert(self.now);
+            let c = *c;
+            self.progress_campaign(c, out);
+            return;
+        }
+        if self.is_writable() {
+            self.catch_up(out);
+            return;
+        }
+        let now = self.now;
+        if !self.position_final() || !self.redis.healthy || now < self.next_campaign_at {
+            return;
+        }
+        if !self.primary_dead() {
+            self.defer_since = None;
+            return;
+        }
+        if self.deferring() {
+            return;
+        }
+        let why = format!("no primary heard for {} ms", now - self.evidence_at);
+        self.start_campaign(why, out);
+    }
+
+    /// Persists a vote for ourselves in a new epoch above every epoch anyone mentioned, and
+    /// publishes the campaign (in the same decision, after the `Persist`).
+    fn start_campaign(&mut self, why: String, out: &mut Out) {
+        let epoch = self.max_known_epoch() + 1;
+        let position = self.position();
+        self.durable.vote = Some(self.vote_for_me(epoch));
+        out.act(Action::Persist(self.durable.clone()));
+        self.campaign = Some(ActiveCampaign {
+            epoch,
+            started_at: self.now,
+            published_at: None,
+            position,
+        });
+        self.defer_since = None;
+        out.note(format!(
+            "{why}; campaigning in epoch {epoch} with {position}"
+        ));
+    }
+
+    /// A writable primary re-elects itself in a new epoch when a live voter's vote is in a
+    /// higher epoch than ours (a failed campaign left it there): that voter will neither
+    /// acknowledge nor follow a primary of an epoch below its vote.
+    fn catch_up(&mut self, out: &mut Out) {
+        let Some(p) = self.primary else {
+            return;
+        };
+        if self.now < self.next_campaign_at {
+            return;
+        }
+        let Some((peer, voted)) = self.lagging_voter(p.epoch) else {
+            return;
+        };
+        let why = format!(
+            "{peer} voted in epoch {voted}, above my epoch {}, and will not follow me until I \
+             hold a newer one",
+            p.epoch
+        );
+        self.start_campaign(why, out);
+    }
+
+    /// A live peer that voted, for someone else, in an epoch above `epoch`.
+    fn lagging_voter(&self, epoch: u64) -> Option<(NodeId, u64)> {
+        self.peers.iter().find_map(|(id, p)| {
+            let live = p.alive
+                && p.heard_at
+                    .is_some_and(|t| self.now - t < self.t.failover_timeout_ms);
+            let vote = p.state.as_ref()?.vote.as_ref()?;
+            (live && vote.epoch > epoch && vote.candidate != self.me)
+                .then(|| (id.clone(), vote.epoch))
+        })
+    }
+
+    fn progress_campaign(&mut self, c: ActiveCampaign, out: &mut Out) {
+        let now = self.now;
+        let mine = self.vote_for_me(c.epoch);
+        let votes = 1 + self
+            .peers
+            .values()
+            .filter(|p| p.state.as_ref().and_then(|s| s.vote.as_ref()) == Some(&mine))
+            .count();
+        let majority = self.voters.len() / 2 + 1;
+        if votes >= majority && self.redis.healthy {
+            let why = format!(
+                "won epoch {} with {votes} of {} votes; promoting",
+                c.epoch,
+                self.voters.len()
+            );
+            self.promote(c.epoch, 0, why, out);
+            return;
+        }
+        let backoff = self.backoff();
+        let (why, wait) = if !self.redis.healthy {
+            ("my redis is unhealthy".to_string(), backoff)
+        } else if let Some((node, epoch)) = self.highest_claim().filter(|(_, e)| *e >= c.epoch) {
+            (format!("{node} is primary of epoch {epoch}"), backoff)
+        } else if let Some(better) = self.better_candidate(c) {
+            (
+                format!("{better} is a better candidate in the same epoch"),
+                self.t.election_timeout_ms + backoff,
+            )
+        } else if let Some(newer) = Some(self.max_known_epoch()).filter(|e| *e > c.epoch) {
+            (format!("epoch {newer} has begun"), backoff)
+        } else if now - c.published_at.unwrap_or(c.started_at) >= self.election_timeout() {
+            self.timeouts = self.timeouts.saturating_add(1);
+            (
+                format!(
+                    "only {votes} of the {majority} votes needed after {} ms",
+                    now - c.started_at
+                ),
+                backoff,
+            )
+        } else {
+            return;
+        };
+        self.campaign = None;
+        self.attempts = self.attempts.saturating_add(1);
+        self.next_campaign_at = now + wait;
+        out.note(format!(
+            "gave up campaigning in epoch {}: {why}; may retry in {wait} ms",
+            c.epoch
+        ));
+    }
+
+    /// How long a campaign waits for votes: `election_timeout_ms`, doubled for each campaign
+    /// in a row that timed out uncontested (up to 8×). A vote's round trip includes gossip
+    /// rounds and two fsyncs and can outlast the configured timeout on a live cluster; giving
+    /// up then only starts the same round trip again in a newer epoch, while the late votes
+    /// arrive for the abandoned one.
+    fn election_timeout(&self) -> u64 {
+        self.t.election_timeout_ms << self.timeouts.min(3)
+    }
+
+    /// A candidate in the same epoch with a better position, or an equal one and a lower name.
+    fn better_candidate(&self, c: ActiveCampaign) -> Option<NodeId> {
+        self.peers.iter().find_map(|(id, p)| {
+            let other = p.state.as_ref()?.campaign?;
+            let better = other.epoch == c.epoch
+                && (other.position > c.position || (other.position == c.position && *id < self.me));
+            better.then(|| id.clone())
+        })
+    }
+
+    /// Retry delay: nodes take turns by rank in the sorted voter list, plus deterministic
+    /// jitter from the name and attempt, so simultaneous candidates drift apart without an
+    /// RNG and tests stay reproducible.
+    fn backoff(&self) -> u64 {
+        let n = self.voters.len() as u64;
+        let slot = (self.t.retry_jitter_ms / n).max(1);
+        let rank = self.voters.iter().position(|v| *v == self.me).unwrap_or(0) as u64;
+        rank * slot + fnv1a(self.me.as_str(), self.attempts) % slot
+    }
+
+    // ---- two voters: the lease ---------------------------------------------------------------
+
+    /// The holder renews every `lease_renew_ms`; everyone else polls (every tick once the
+    /// primary has gone quiet, since a takeover waits for a poll sent after the TTL) and
+    /// acquires the next epoch as soon as the rules allow.
+    fn run_lease(&mut self, out: &mut Out) {
+        let now = self.now;
+        if let Some(p) = self.primary.filter(|p| p.lease_valid_until > now) {
+            // Re-acquire in a new epoch if the standby voted past ours (see `catch_up`).
+            if self.lagging_voter(p.epoch).is_some() && self.try_acquire(out) {
+                return;
+            }
+            // A primary whose redis stays down lets its lease lapse so the standby can take
+            // over.
+            if now >= self.lease.next_renew_at && self.redis_within_grace() {
+                self.lease.next_renew_at = now + self.t.lease_renew_ms;
+                out.act(Action::RenewLease {
+                    epoch: p.epoch,
+                    heartbeat: now,
+                });
+            }
+            return;
+        }
+        if self.try_acquire(out) {
+            return;
+        }
+        let quiet = now - self.evidence_at >= 2 * self.t.gossip_interval_ms;
+        let interval = if quiet {
+            self.t.tick_ms
+        } else {
+            self.t.lease_renew_ms
+        };
+        if self
+            .lease
+            .last_poll_at
+            .is_none_or(|at| now >= at + interval)
+        {
+            self.lease.last_poll_at = Some(now);
+            out.act(Action::PollLease {
+                from_epoch: self.lease.seen.as_ref().map_or(0, |s| s.epoch),
+                asked_at: now,
+            });
+        }
+    }
+
+    fn try_acquire(&mut self, out: &mut Out) -> bool {
+        let Some(seen) = self.lease.seen.clone() else {
+            return false;
+        };
+        if !self.redis.healthy {
+            return false;
+        }
+        let base = match self.primary {
+            // Our lease lapsed: take a fresh epoch at once, before the standby may.
+            Some(p) => seen.epoch.max(p.epoch),
+            None => {
+                // Never replicated anything while the other node may hold data: promoting
+                // would throw that data away.
+                if self.durable.synced_epoch == 0 && self.peer_may_hold_data(seen.epoch) {
+                    return false;
+                }
+                let quiet_since = self.lease.changed_at + self.t.lease_ttl_ms;
+                if !self.primary_dead()
+                    || self.lease.polled_at.is_none_or(|p| p < quiet_since)
+                    || self.deferring()
+                {
+                    return false;
+                }
+                seen.epoch
+            }
+        };
+        // Leases are contiguous (lease/E+1 only after lease/E was seen), which is what lets a
+        // poll find the newest by walking up.
+        let epoch = base + 1;
+        match &self.durable.vote {
+            Some(v) if v.epoch > epoch || (v.epoch == epoch && v.candidate != self.me) => {
+                return false
+            }
+            Some(v) if v.epoch == epoch => {}
+            _ => {
+                self.durable.vote = Some(self.vote_for_me(epoch));
+                out.act(Action::Persist(self.durable.clone()));
+            }
+        }
+        let retry = self.lease.acquire.filter(|a| a.epoch == epoch);
+        if retry.is_some_and(|a| self.now < a.last_sent_at + self.t.lease_renew_ms) {
+            return true;
+        }
+        if retry.is_none() {
+            out.note(match self.primary {
+                Some(p) if p.lease_valid_until > self.now => format!(
+                    "my peer voted past my epoch {}; re-acquiring as epoch {epoch}",
+                    p.epoch
+                ),
+                Some(p) => format!(
+                    "my lease of epoch {} lapsed; acquiring epoch {epoch}",
+                    p.epoch
+                ),
+                None => format!(
+                    "lease heartbeat unchanged for {} ms and no primary heard for {} ms; \
+                     acquiring epoch {epoch}",
+                    self.now - self.lease.changed_at,
+                    self.now - self.evidence_at
+                ),
+            });
+        }
+        self.lease.acquire = Some(Acquire {
+            epoch,
+            first_sent_at: retry.map_or(self.now, |a| a.first_sent_at),
+            last_sent_at: self.now,
+        });
+        out.act(Action::TryAcquireLease { epoch });
+        true
+    }
+
+    // ---- roles -------------------------------------------------------------------------------
+
+    fn promote(&mut self, epoch: u64, lease_valid_until: u64, why: String, out: &mut Out) {
+        self.durable.synced_epoch = epoch;
+        out.act(Action::Persist(self.durable.clone()));
+        out.act(Action::Promote { epoch });
+        out.note(why);
+        self.primary = Some(PrimaryState {
+            epoch,
+            lease_valid_until,
+        });
+        self.redis.stream = None;
+        self.replication = Replication::Detached;
+        self.campaign = None;
+        self.following = None;
+        self.attempts = 0;
+        self.timeouts = 0;
+        self.defer_since = None;
+        // Our voters' acknowledgements echo heartbeats from when they voted and may be too old
+        // to unfence us yet; fresh ones are one gossip round trip away. Until a failover
+        // timeout passes, a fenced new primary must not count as a dead one and campaign
+        // against itself. (Only delays our own campaigns and votes: never unsafe.)
+        self.evidence_at = self.evidence_at.max(self.now);
+    }
+
+    fn demote(&mut self, why: String, out: &mut Out) {
+        self.set_fenced(true, out);
+        out.act(Action::Demote);
+        out.note(format!("demoting: {why}"));
+        // A fenced master replicates from nobody: its data holds still until it follows.
+        self.primary = None;
+        self.following = None;
+        self.replication = Replication::Detached;
+    }
+
+    /// Replicas follow the primary of the newest epoch, but never one older than the data
+    /// they hold: a full resync from it would replace newer data with older.
+    fn follow(&mut self, out: &mut Out) {
+        if self.primary.is_some() {
+            return;
+        }
+        // Nor one older than our vote: we would acknowledge (as a replica, to `WAIT`) writes
+        // that the primary we voted for may not have.
+        let voted = self.durable.vote.as_ref().map_or(0, |v| v.epoch);
+        let Some((node, epoch)) = self
+            .highest_claim()
+            .filter(|(_, e)| *e >= self.durable.synced_epoch.max(voted))
+        else {
+            return;
+        };
+        if self.following.as_ref() == Some(&(node.clone(), epoch)) {
+            return;
+        }
+        // Detached for an election: resume only behind a primary that serves.
+        if self.replication != Replication::Following && !self.serving(&node) {
+            return;
+        }
+        self.replication = Replication::Following;
+        self.redis.stream = Some((node.clone(), epoch));
+        self.redis.baseline = None;
+        out.note(format!("following {node}, primary of epoch {epoch}"));
+        out.act(Action::Follow {
+            primary: node.clone(),
+            epoch,
+        });
+        self.following = Some((node, epoch));
+    }
+
+    /// Persists the epoch of the data we now hold (see `observe_redis`).
+    fn note_synced(&mut self, out: &mut Out) {
+        let epoch = self.redis.holds_epoch;
+        if epoch > self.durable.synced_epoch {
+            self.durable.synced_epoch = epoch;
+            out.act(Action::Persist(self.durable.clone()));
+            out.note(format!("now holding data of epoch {epoch}"));
+        }
+    }
+
+    fn apply_fence(&mut self, out: &mut Out) {
+        let writable = self.desired_writable();
+        if self.fenced == Some(!writable) {
+            return;
+        }
+        self.set_fenced(!writable, out);
+        let note = match (self.primary, writable) {
+            (Some(p), true) => format!("taking writes as primary of epoch {}", p.epoch),
+            (Some(p), false) => format!(
+                "fencing: no majority acknowledgement{} within {} ms as primary of epoch {}",
+                if self.mode == Mode::Lease {
+                    " or lease"
+                } else {
+                    ""
+                },
+                self.t.fence_after_ms,
+                p.epoch
+            ),
+            (None, _) => return,
+        };
+        out.note(note);
+    }
+
+    fn set_fenced(&mut self, fenced: bool, out: &mut Out) {
+        if self.fenced != Some(fenced) {
+            out.act(if fenced {
+                Action::Fence
+            } else {
+                Action::Unfence
+            });
+            self.fenced = Some(fenced);
+        }
+    }
+
+    /// A primary takes writes while a majority (counting itself) acknowledged one of its
+    /// heartbeats sent within `fence_after_ms`, or, with two nodes, while its lease is valid.
+    fn desired_writable(&self) -> bool {
+        let Some(p) = self.primary else {
+            return false;
+        };
+        match self.mode {
+            Mode::Single => true,
+            Mode::Lease if p.lease_valid_until > self.now => true,
+            _ => self.fresh_acks(p.epoch) >= self.voters.len() / 2,
+        }
+    }
+
+    fn fresh_acks(&self, epoch: u64) -> usize {
+        self.peers
+            .values()
+            .filter_map(|p| p.state.as_ref()?.ack.as_ref())
+            .filter(|a| {
+                // Exactly our epoch: an acknowledgement of a later one (a vote for our
+                // re-election) says nothing of votes its sender gave others in between.
+                a.primary == self.me
+                    && a.epoch == epoch
+                    && a.heartbeat + self.t.fence_after_ms > self.now
+            })
+            .count()
+    }
+
+    // ---- helpers -----------------------------------------------------------------------------
+
+    fn vote_for_me(&self, epoch: u64) -> Vote {
+        Vote {
+            epoch,
+            candidate: self.me.clone(),
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.durable.synced_epoch,
+            offset: self.redis.offset,
+        }
+    }
+
+    /// Our data cannot change: a fenced primary, or a replica detached from replication.
+    fn position_final(&self) -> bool {
+        match self.primary {
+            Some(_) => !self.is_writable(),
+            None => self.replication == Replication::Detached,
+        }
+    }
+
+    /// We replicate from `node`, and `state` (the same snapshot as its campaign) shows it the
+    /// writable primary of the epoch we follow: it has not restarted since (a restart ends a
+    /// primaryship) and only adds writes, so our data is a prefix of its data. This lets a
+    /// writable primary's re-election (`catch_up`) pass although its replicas' data keeps
+    /// moving; a primary that crashed and lost its last writes gets no such pass.
+    fn streams_from(&self, node: &NodeId, state: &PublishedState) -> bool {
+        self.redis.upstream.as_ref() == Some(node)
+            && state.role == Role::Primary
+            && state.writable
+            && self.following.as_ref() == Some(&(node.clone(), state.epoch))
+    }
+
+    /// A peer that is primary, writable and healthy and that we heard recently.
+    fn serving(&self, node: &NodeId) -> bool {
+        self.peers.get(node).is_some_and(|p| {
+            let recent = p
+                .heard_at
+                .is_some_and(|t| self.now - t < self.t.failover_timeout_ms);
+            p.state
+                .as_ref()
+                .is_some_and(|s| s.role == Role::Primary && s.writable && s.redis_healthy)
+                && recent
+        })
+    }
+
+    /// We have acknowledged no primary (nor been a writable one) for `failover_timeout_ms`.
+    fn primary_dead(&self) -> bool {
+        self.now - self.evidence_at >= self.t.failover_timeout_ms
+    }
+
+    /// A peer published data of some epoch, or, knowing no peer, a lease was ever taken.
+    fn peer_may_hold_data(&self, lease_epoch: u64) -> bool {
+        let mut states = self
+            .peers
+            .values()
+            .filter_map(|p| p.state.as_ref())
+            .peekable();
+        if states.peek().is_none() {
+            return lease_epoch > 0;
+        }
+        states.any(|s| s.position.epoch > 0)
+    }
+
+    fn redis_within_grace(&self) -> bool {
+        self.redis
+            .unhealthy_since
+            .is_none_or(|since| self.now - since < self.t.primary_grace_ms)
+    }
+
+    /// Our acknowledgement, unless we withdrew support from a leader that stopped serving.
+    fn ack(&self) -> Option<Ack> {
+        let leader = self.leader.as_ref()?;
+        if self.now - leader.serving_at >= self.t.primary_grace_ms {
+            return None;
+        }
+        Some(Ack {
+            primary: leader.node.clone(),
+            epoch: leader.epoch,
+            heartbeat: leader.acked?,
+        })
+    }
+
+    /// The other node claiming to be primary of the highest epoch (stale claims included).
+    fn highest_claim(&self) -> Option<(NodeId, u64)> {
+        let mut best: Option<(&NodeId, u64)> = None;
+        for (id, peer) in &self.peers {
+            if let Some(s) = peer.state.as_ref().filter(|s| s.role == Role::Primary) {
+                if best.is_none_or(|(_, e)| s.epoch > e) {
+                    best = Some((id, s.epoch));
+                }
+            }
+        }
+        best.map(|(id, e)| (id.clone(), e))
+    }
+
+    fn highest_claim_epoch(&self) -> u64 {
+        self.highest_claim().map_or(0, |(_, e)| e)
+    }
+
+    /// The highest epoch anyone has mentioned: new campaigns start above it.
+    fn max_known_epoch(&self) -> u64 {
+        let mut max = self
+            .durable
+            .synced_epoch
+            .max(self.durable.vote.as_ref().map_or(0, |v| v.epoch))
+            .max(self.primary.map_or(0, |p| p.epoch));
+        for s in self.peers.values().filter_map(|p| p.state.as_ref()) {
+            max = max
+                .max(s.epoch)
+                .max(s.position.epoch)
+                .max(s.vote.as_ref().map_or(0, |v| v.epoch))
+                .max(s.campaign.map_or(0, |c| c.epoch));
+        }
+        max
+    }
+
+    /// Waits (at most `failover_timeout_ms`) while a live, healthy, non-writable peer has
+    /// better data or an equal position and a lower name: it should be the one to run.
+    fn deferring(&mut self) -> bool {
+        let mine = self.position();
+        let better = self.peers.iter().any(|(id, p)| {
+            let Some(s) = &p.state else {
+                return false;
+            };
+            let live = p.alive
+                && p.heard_at
+                    .is_some_and(|t| self.now - t < self.t.failover_timeout_ms);
+            live && s.redis_healthy
+                && !s.writable
+                && (s.position > mine || (s.position == mine && *id < self.me))
+        });
+        if !better {
+            self.defer_since = None;
+            return false;
+        }
+        let since = *self.defer_since.get_or_insert(self.now);
+        self.now - since < self.t.failover_timeout_ms
+    }
+
+    fn summary(&self) -> String {
+        let heard = self.now - self.evidence_at;
+        if let Some(p) = self.primary {
+            let state = if self.is_writable() {
+                "taking writes"
+            } else {
+                "fenced"
+            };
+            return format!("primary of epoch {}, {state}", p.epoch);
+        }
+        if let Some(c) = self.campaign {
+            return format!(
+                "campaigning in epoch {} since {} ms",
+                c.epoch,
+                self.now - c.started_at
+            );
+        }
+        match &self.following {
+            Some((node, epoch)) => {
+                format!("replica of {node} (epoch {epoch}); primary heard {heard} ms ago")
+            }
+            None => format!("no primary known; last heard one {heard} ms ago"),
+        }
+    }
+}
+
+/// FNV-1a: stable across platforms and Rust versions, unlike std's hasher.
+fn fnv1a(name: &str, attempt: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes().chain(attempt.to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
