@@ -59,8 +59,11 @@ pub struct Entry {
     pub size: u64,
 }
 
-/// A URL fit for logs and errors: scheme, host and path only, never user info or query.
+/// A URL fit for logs and errors: user info and query (where credentials hide) removed.
 pub fn redact(url: &str) -> String {
+    if !url.contains('@') && !url.contains('?') {
+        return url.to_string();
+    }
     match url::Url::parse(url) {
         Ok(u) => format!(
             "{}://{}{}",
@@ -355,9 +358,12 @@ mod tests {
         let s = Store::open("s3://user:secret@bucket/prefix", &o).unwrap();
         assert_eq!(s.name(), "s3://bucket/prefix");
         assert!(!format!("{s:?}").contains("secret"));
-        let e = Store::open("s3://user:secret@bucket/prefix?x=secret", &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
-        assert!(!e.contains("secret"), "{e}");
+        let shown = match Store::open("s3://user:secret@bucket/prefix?x=secret", &BTreeMap::new()) {
+            Ok(s) => s.name().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(redact("ftp://u:pw@host/p?token=t"), "ftp://host/p");
+        assert_eq!(redact("file:///plain/path"), "file:///plain/path");
     }
 }
