@@ -71,6 +71,14 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let tls_files = tls::prepare(&cfg.tls, &layout, &cfg.node_name, &cert_addrs)?;
 
+    // HA data stores share one key: it seals gossip and derives the replication password.
+    let cluster_key = match &cfg.cluster {
+        Some(c) => Some(
+            crate::keyfile::load(&c.gossip_key_file)
+                .context("config key `cluster.gossip_key_file`")?,
+        ),
+        None => None,
+    };
     let maxmemory_mb = cfg
         .redis
         .maxmemory_mb
@@ -85,6 +93,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         maxclients,
         maxmemory_mb,
         maxmemory_policy: &cfg.redis.maxmemory_policy,
+        highly_available: cluster_key.is_some(),
     });
     write_file_atomic(&layout.redis_conf(), conf.as_bytes(), 0o600)?;
     let acl = redis_conf::render_acl(
@@ -98,7 +107,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     let firewall = match cfg.access.firewall {
         FirewallBackend::Nftables if !cfg.access.is_open() => {
             let fw = Firewall::new(&cfg.data_store_id, &cfg.node_name);
-            fw.apply(&[cfg.redis.port], &cfg.access.allowed_cidrs, &[])?;
+            // Peers must always reach redis for replication, whatever the customer allows.
+            let peers: Vec<ipnet::IpNet> = cfg
+                .cluster
+                .iter()
+                .flat_map(|c| c.nodes.iter().map(|n| ipnet::IpNet::from(n.address)))
+                .collect();
+            fw.apply(&[cfg.redis.port], &cfg.access.allowed_cidrs, &peers)?;
             Some(fw)
         }
         FirewallBackend::Nftables => {
@@ -135,6 +150,22 @@ pub async fn run(cfg: Config) -> Result<()> {
         metrics.clone(),
     );
 
+    let (ha, gossip_counters) = match &cfg.cluster {
+        Some(c) => {
+            let (ha, counters) = start_ha(
+                &cfg,
+                c,
+                cluster_key.expect("loaded with the cluster"),
+                &layout,
+                &secrets,
+                &sup,
+            )
+            .await?;
+            (Some(ha), Some(counters))
+        }
+        None => (None, None),
+    };
+
     let api_state = Arc::new(ApiState {
         static_info: StaticInfo {
             data_store_id: cfg.data_store_id.clone(),
@@ -148,6 +179,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         redis: sup.state.clone(),
         metrics: metrics.clone(),
         started,
+        ha: ha.as_ref().map(|h| h.status.clone()),
+        gossip_counters,
     });
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(async move {
@@ -165,10 +198,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         port = cfg.redis.port, api = %cfg.api.listen, "agent started"
     );
 
-    main_loop(sup.state.clone()).await?;
+    main_loop(sup.state.clone(), ha.as_ref().map(|h| h.status.clone())).await?;
 
     info!("shutting down");
     Notifier::from_env().stopping();
+    if let Some(ha) = ha {
+        ha.shutdown().await;
+    }
     sup.shutdown().await;
     if let Some(fw) = firewall {
         if let Err(e) = fw.remove() {
@@ -179,6 +215,81 @@ pub async fn run(cfg: Config) -> Result<()> {
     let _ = api_task.await;
     info!("agent stopped");
     Ok(())
+}
+
+/// Start gossip and the HA loop for a 2- or 3-node data store.
+async fn start_ha(
+    cfg: &Config,
+    c: &crate::config::ClusterConfig,
+    key: [u8; 32],
+    layout: &Layout,
+    secrets: &secrets::AgentSecrets,
+    sup: &supervisor::SupervisorHandle,
+) -> Result<(
+    crate::ha::HaHandle,
+    Arc<crate::gossip::transport::GossipCounters>,
+)> {
+    use crate::election::{self, NodeId};
+    use crate::gossip::cluster::{Gossip, GossipSettings};
+    let gossip_addr = SocketAddr::new(c.advertise_address, c.gossip_port);
+    let gossip = Gossip::start(
+        GossipSettings {
+            data_store_id: cfg.data_store_id.clone(),
+            node_name: cfg.node_name.clone(),
+            listen: gossip_addr,
+            advertise: gossip_addr,
+            seeds: c
+                .nodes
+                .iter()
+                .filter(|n| n.name != cfg.node_name)
+                .map(|n| SocketAddr::new(n.address, n.gossip_port))
+                .collect(),
+            interval: Duration::from_millis(c.timing.gossip_interval_ms),
+            key,
+        },
+        vec![
+            (
+                crate::ha::REDIS_ADDR_KEY.to_string(),
+                SocketAddr::new(c.advertise_address, cfg.redis.port).to_string(),
+            ),
+            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ],
+    )
+    .await?;
+    let counters = gossip.counters();
+    let lease_store = match (&cfg.backup, c.nodes.len()) {
+        (Some(b), 2) => Some(
+            crate::store::Store::open(&b.url, &b.options)
+                .context("config key `backup.url`")?
+                // A lease call that cannot answer within the TTL is as good as unreachable.
+                .with_timeout(Duration::from_millis(c.timing.lease_ttl_ms / 2)),
+        ),
+        _ => None,
+    };
+    let ha = crate::ha::spawn(
+        crate::ha::HaConfig {
+            election: election::Config {
+                me: NodeId::new(cfg.node_name.clone()),
+                voters: c
+                    .nodes
+                    .iter()
+                    .map(|n| NodeId::new(n.name.clone()))
+                    .collect(),
+                timing: c.timing,
+            },
+            nodes: c.nodes.clone(),
+            durable_path: layout.state_dir.join("election.json"),
+            socket: layout.redis_socket(),
+            admin_user: ADMIN_USER.into(),
+            admin_password: secrets.admin_password.clone(),
+            lease_store,
+            cluster_key: key,
+        },
+        gossip,
+        sup.state.clone(),
+    )?;
+    info!(gossip = %gossip_addr, nodes = c.nodes.len(), "gossip and election started");
+    Ok((ha, counters))
 }
 
 fn summary(cfg: &Config) -> ConfigSummary {
@@ -207,10 +318,15 @@ fn summary(cfg: &Config) -> ConfigSummary {
 }
 
 /// A one-line STATUS= for systemd.
-fn systemd_status(s: &RedisState) -> String {
+fn systemd_status(s: &RedisState, ha: Option<&crate::ha::HaStatus>) -> String {
     match (s.phase, s.healthy) {
         (Phase::Running, true) => format!(
-            "primary, redis pid {} serving {} clients",
+            "{}, redis pid {} serving {} clients",
+            match ha {
+                Some(h) if !h.role.is_empty() => format!("{} (epoch {})", h.role, h.epoch),
+                Some(_) => "starting".to_string(),
+                None => "primary".to_string(),
+            },
             s.pid.unwrap_or(0),
             s.info.get_u64("connected_clients").unwrap_or(0)
         ),
@@ -224,7 +340,10 @@ fn systemd_status(s: &RedisState) -> String {
 }
 
 /// Wait for SIGTERM/SIGINT while keeping systemd informed.
-async fn main_loop(mut state: tokio::sync::watch::Receiver<RedisState>) -> Result<()> {
+async fn main_loop(
+    mut state: tokio::sync::watch::Receiver<RedisState>,
+    ha: Option<tokio::sync::watch::Receiver<crate::ha::HaStatus>>,
+) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut notifier = Notifier::from_env();
@@ -242,7 +361,8 @@ async fn main_loop(mut state: tokio::sync::watch::Receiver<RedisState>) -> Resul
                     notifier.ready();
                     ready_sent = true;
                 }
-                notifier.status(&systemd_status(&s));
+                let ha_now = ha.as_ref().map(|h| h.borrow().clone());
+                notifier.status(&systemd_status(&s, ha_now.as_ref()));
             }
             _ = watchdog.tick(), if wd_every.is_some() => {
                 // Ping only while the supervisor loop is alive: a wedged agent gets restarted.

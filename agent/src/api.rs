@@ -22,13 +22,18 @@ pub struct ApiState {
     pub redis: watch::Receiver<RedisState>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    /// HA data stores: the election's view, and the gossip transport's counters.
+    pub ha: Option<watch::Receiver<crate::ha::HaStatus>>,
+    pub gossip_counters: Option<Arc<crate::gossip::transport::GossipCounters>>,
 }
 
 impl ApiState {
     pub fn status(&self) -> NodeStatus {
+        let ha = self.ha.as_ref().map(|h| h.borrow().clone());
         status::build(
             &self.static_info,
             &self.redis.borrow(),
+            ha,
             self.started.elapsed().as_secs(),
         )
     }
@@ -47,6 +52,12 @@ async fn get_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
 }
 
 async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    if let Some(c) = &s.gossip_counters {
+        s.metrics.observe_gossip(c);
+    }
+    if let Some(h) = &s.ha {
+        s.metrics.observe_ha(&h.borrow());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -28,6 +28,7 @@ EXAMPLES:
   redis-steward run --config /etc/redis-steward/config.toml
   redis-steward status
   redis-steward status --json --api 127.0.0.1:7480
+  redis-steward keygen /etc/redis-steward/gossip.key
 
 FILES:
   /etc/redis-steward/config.toml   configuration (see config.example.toml)
@@ -69,6 +70,12 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a new random 32-byte data-store key (hex, mode 0600), e.g. the gossip key that
+    /// every node of an HA data store shares. Refuses to overwrite an existing file.
+    Keygen {
+        /// Where to write the key.
+        path: PathBuf,
     },
     /// Validate a configuration file and print a summary; exits 1 naming the bad key.
     CheckConfig {
@@ -119,6 +126,14 @@ fn dispatch(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", crate::status::render_table(&status));
             }
+            Ok(())
+        }
+        Cmd::Keygen { path } => {
+            if path.exists() {
+                anyhow::bail!("{} exists; not overwriting a key", path.display());
+            }
+            crate::keyfile::generate(&path)?;
+            println!("wrote a new key to {} (mode 0600)", path.display());
             Ok(())
         }
         Cmd::CheckConfig { path } => {

@@ -55,6 +55,36 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     api: RawApi,
+    cluster: Option<RawCluster>,
+    backup: Option<RawBackup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    advertise_address: Option<String>,
+    gossip_port: Option<i64>,
+    gossip_key_file: Option<PathBuf>,
+    #[serde(default)]
+    nodes: Vec<RawClusterNode>,
+    timing: Option<crate::election::Timing>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterNode {
+    name: String,
+    address: String,
+    redis_port: Option<i64>,
+    gossip_port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    url: Option<String>,
+    #[serde(default)]
+    options: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +136,47 @@ pub struct Config {
     pub tls: TlsConfig,
     pub access: AccessConfig,
     pub api: ApiConfig,
+    /// The other nodes and how to reach them; `None` for one-node plans.
+    pub cluster: Option<ClusterConfig>,
+    /// The bucket for backups (and, for two-node data stores, the failover lease).
+    pub backup: Option<BackupConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's address as the others reach it (redis replication and gossip).
+    pub advertise_address: IpAddr,
+    pub gossip_port: u16,
+    pub gossip_key_file: PathBuf,
+    /// Every node slot of the data store, this one included, sorted by name.
+    pub nodes: Vec<ClusterNode>,
+    pub timing: crate::election::Timing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub name: String,
+    pub address: IpAddr,
+    pub redis_port: u16,
+    pub gossip_port: u16,
+}
+
+#[derive(Clone)]
+pub struct BackupConfig {
+    pub url: String,
+    /// object_store settings (endpoint, region, credentials …); never printed.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl fmt::Debug for BackupConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&String> = self.options.keys().collect();
+        write!(
+            f,
+            "BackupConfig {{ url: {:?}, option keys: {keys:?} }}",
+            self.url
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -346,6 +417,32 @@ impl RawConfig {
                 "must not use the same port as redis.port",
             ));
         }
+        let backup = self.backup.map(RawBackup::build).transpose()?;
+        let cluster = match (plan.is_highly_available(), self.cluster) {
+            (true, None) => {
+                return Err(err(
+                    "cluster",
+                    format!(
+                        "the {plan} plan has {} nodes: a [cluster] section must list them",
+                        plan.redis_nodes()
+                    ),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(err(
+                    "cluster",
+                    format!("the {plan} plan has one node: remove the [cluster] section"),
+                ))
+            }
+            (false, None) => None,
+            (true, Some(c)) => Some(c.build(plan, &node_name, redis.port)?),
+        };
+        if plan.redis_nodes() == 2 && backup.is_none() {
+            return Err(err(
+                "backup.url",
+                "is required for the business plan: the failover lease lives in the backup bucket",
+            ));
+        }
         Ok(Config {
             data_store_id,
             node_name,
@@ -356,6 +453,113 @@ impl RawConfig {
             tls,
             access,
             api,
+            cluster,
+            backup,
+        })
+    }
+}
+
+fn port(key: &str, v: i64) -> Result<u16, ConfigError> {
+    match v {
+        1..=65535 => Ok(v as u16),
+        _ => Err(err(key, format!("{v} is not a port (1-65535)"))),
+    }
+}
+
+fn ip(key: &str, v: &str) -> Result<IpAddr, ConfigError> {
+    let a: IpAddr = v
+        .parse()
+        .map_err(|_| err(key, format!("{v:?} is not an IP address")))?;
+    if a.is_unspecified() {
+        return Err(err(key, format!("{v} is not an address others can reach")));
+    }
+    Ok(a)
+}
+
+impl RawCluster {
+    fn build(self, plan: Plan, me: &str, redis_port: u16) -> Result<ClusterConfig, ConfigError> {
+        let advertise_address = ip(
+            "cluster.advertise_address",
+            &required(self.advertise_address, "cluster.advertise_address")?,
+        )?;
+        let gossip_port = port("cluster.gossip_port", self.gossip_port.unwrap_or(7946))?;
+        let gossip_key_file = required(self.gossip_key_file, "cluster.gossip_key_file")?;
+        check_file("cluster.gossip_key_file", &gossip_key_file)?;
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for n in self.nodes {
+            check_name("cluster.nodes.name", &n.name)?;
+            nodes.push(ClusterNode {
+                address: ip("cluster.nodes.address", &n.address)?,
+                redis_port: port(
+                    "cluster.nodes.redis_port",
+                    n.redis_port.unwrap_or(redis_port as i64),
+                )?,
+                gossip_port: port(
+                    "cluster.nodes.gossip_port",
+                    n.gossip_port.unwrap_or(gossip_port as i64),
+                )?,
+                name: n.name,
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = nodes.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(err(
+                "cluster.nodes",
+                format!("node {:?} is listed twice", w[0].name),
+            ));
+        }
+        if nodes.len() != plan.redis_nodes() {
+            return Err(err(
+                "cluster.nodes",
+                format!(
+                    "the {plan} plan has {} nodes, but {} are listed",
+                    plan.redis_nodes(),
+                    nodes.len()
+                ),
+            ));
+        }
+        let mine = nodes
+            .iter()
+            .find(|n| n.name == me)
+            .ok_or_else(|| err("cluster.nodes", format!("this node ({me}) is not listed")))?;
+        if mine.address != advertise_address
+            || mine.redis_port != redis_port
+            || mine.gossip_port != gossip_port
+        {
+            return Err(err(
+                "cluster.nodes",
+                format!("the entry for this node ({me}) must match cluster.advertise_address, redis.port and cluster.gossip_port"),
+            ));
+        }
+        let timing = self.timing.unwrap_or_default();
+        timing
+            .validate()
+            .map_err(|e| err("cluster.timing", e.to_string()))?;
+        Ok(ClusterConfig {
+            advertise_address,
+            gossip_port,
+            gossip_key_file,
+            nodes,
+            timing,
+        })
+    }
+}
+
+impl RawBackup {
+    fn build(self) -> Result<BackupConfig, ConfigError> {
+        let url = required(self.url, "backup.url")?;
+        if !["file://", "s3://", "gs://", "az://", "azure://", "abfs://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(err(
+                "backup.url",
+                format!("{url:?} must start with file://, s3://, gs:// or az://"),
+            ));
+        }
+        Ok(BackupConfig {
+            url,
+            options: self.options,
         })
     }
 }
@@ -651,6 +855,113 @@ password = "correct-horse"
     fn secrets_are_not_printed_in_debug() {
         let c = parse(&base()).unwrap();
         assert!(!format!("{c:?}").contains("correct-horse"));
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    fn premium(nodes: &str, extra: &str) -> String {
+        format!(
+            r#"
+data_store_id = "ds-1"
+node_name = "node-b"
+plan = "premium"
+data_dir = "/tmp/rs/data"
+state_dir = "/tmp/rs/state"
+[redis]
+server_path = "/bin/sh"
+password = "correct-horse"
+port = 6380
+[cluster]
+advertise_address = "10.0.0.2"
+gossip_key_file = "/etc/hostname"
+{nodes}
+{extra}
+"#
+        )
+    }
+
+    const THREE: &str = r#"nodes = [
+  { name = "node-a", address = "10.0.0.1" },
+  { name = "node-b", address = "10.0.0.2" },
+  { name = "node-c", address = "10.0.0.3", redis_port = 6390 },
+]"#;
+    const TWO: &str = r#"nodes = [ { name = "node-a", address = "10.0.0.1" }, { name = "node-b", address = "10.0.0.2" } ]"#;
+
+    #[test]
+    fn premium_cluster_is_parsed_with_defaults() {
+        let c = parse(&premium(THREE, "")).unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!(cl.gossip_port, 7946);
+        assert_eq!(cl.nodes.len(), 3);
+        assert_eq!(cl.nodes[2].redis_port, 6390);
+        assert_eq!(cl.nodes[0].redis_port, 6380);
+        assert_eq!(cl.timing, crate::election::Timing::default());
+    }
+
+    #[test]
+    fn cluster_mistakes_name_their_key() {
+        let dup = r#"nodes = [ { name = "node-b", address = "10.0.0.2" }, { name = "node-b", address = "10.0.0.2" }, { name = "node-c", address = "10.0.0.3" } ]"#;
+        let not_me = THREE.replace("node-b", "node-x");
+        let wrong_addr = THREE.replace("\"10.0.0.2\" }", "\"10.0.0.9\" }");
+        let business = |extra: &str| premium(TWO, extra).replace("premium", "business");
+        let cases = [
+            (premium(TWO, ""), "cluster.nodes"),
+            (premium(dup, ""), "cluster.nodes"),
+            (premium(&not_me, ""), "cluster.nodes"),
+            (premium(&wrong_addr, ""), "cluster.nodes"),
+            (
+                premium(THREE, "[cluster.timing]\nfence_after_ms = 5000\n"),
+                "cluster.timing",
+            ),
+            (
+                premium(THREE, "[cluster.timing]\nfence_aftr_ms = 5\n"),
+                "<file>",
+            ),
+            (
+                premium(THREE, "").replace(
+                    "advertise_address = \"10.0.0.2\"",
+                    "advertise_address = \"0.0.0.0\"",
+                ),
+                "cluster.advertise_address",
+            ),
+            (
+                premium(THREE, "").replace("/etc/hostname", "/nonexistent.key"),
+                "cluster.gossip_key_file",
+            ),
+            (
+                premium(THREE, "").replace("[cluster]", "[clustr]"),
+                "<file>",
+            ),
+            (premium(THREE, "").replace("premium", "startup"), "cluster"),
+            (business(""), "backup.url"),
+            (business("[backup]\nurl = \"ftp://x\"\n"), "backup.url"),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+        }
+        let ha_without_cluster = premium("", "")
+            .split("[cluster]")
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(parse(&ha_without_cluster).unwrap_err().key, "cluster");
+        assert!(parse(&business("[backup]\nurl = \"file:///tmp/b\"\n")).is_ok());
+    }
+
+    #[test]
+    fn backup_options_stay_out_of_debug_output() {
+        let text = premium(TWO, "[backup]\nurl = \"s3://b/p\"\n[backup.options]\naws_secret_access_key = \"hunter22\"\n")
+            .replace("premium", "business");
+        let c = parse(&text).unwrap();
+        assert!(!format!("{c:?}").contains("hunter22"));
+        assert_eq!(
+            c.backup.unwrap().options["aws_secret_access_key"],
+            "hunter22"
+        );
     }
 }
 

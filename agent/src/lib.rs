@@ -7,6 +7,7 @@ pub mod config;
 pub mod election;
 pub mod firewall;
 pub mod gossip;
+pub mod ha;
 pub mod keyfile;
 pub mod layout;
 pub mod limits;

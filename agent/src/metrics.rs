@@ -21,6 +21,11 @@ pub struct Metrics {
     pub redis_maxmemory_bytes: Gauge,
     pub redis_aof_last_write_ok: Gauge,
     pub nofile_limit: Gauge,
+    pub gossip_datagrams: Family<Labels, Gauge>,
+    pub gossip_dropped: Family<Labels, Gauge>,
+    pub ha_epoch: Gauge,
+    pub ha_writable_primary: Gauge,
+    pub ha_members_alive: Gauge,
 }
 
 impl Metrics {
@@ -36,6 +41,11 @@ impl Metrics {
             redis_maxmemory_bytes: Gauge::default(),
             redis_aof_last_write_ok: Gauge::default(),
             nofile_limit: Gauge::default(),
+            gossip_datagrams: Family::default(),
+            gossip_dropped: Family::default(),
+            ha_epoch: Gauge::default(),
+            ha_writable_primary: Gauge::default(),
+            ha_members_alive: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics lock");
@@ -84,6 +94,31 @@ impl Metrics {
                 "RLIMIT_NOFILE the agent obtained for redis",
                 m.nofile_limit.clone(),
             );
+            r.register(
+                "gossip_datagrams",
+                "Gossip datagrams sent and received (authenticated) since start",
+                m.gossip_datagrams.clone(),
+            );
+            r.register(
+                "gossip_dropped",
+                "Gossip datagrams dropped by reason (authentication, replay, stale, malformed, ...)",
+                m.gossip_dropped.clone(),
+            );
+            r.register(
+                "ha_epoch",
+                "The highest primary epoch this node knows",
+                m.ha_epoch.clone(),
+            );
+            r.register(
+                "ha_writable_primary",
+                "1 while this node is the primary and accepts writes",
+                m.ha_writable_primary.clone(),
+            );
+            r.register(
+                "ha_members_alive",
+                "Data store members (this one included) gossip shows alive",
+                m.ha_members_alive.clone(),
+            );
         }
         m
     }
@@ -101,6 +136,30 @@ impl Metrics {
         set(&self.redis_maxmemory_bytes, "maxmemory");
         self.redis_aof_last_write_ok
             .set((info.get("aof_last_write_status") == Some("ok")) as i64);
+    }
+
+    /// Copy the gossip transport's counters (kept as atomics there) into the registry.
+    pub fn observe_gossip(&self, c: &crate::gossip::transport::GossipCounters) {
+        let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        self.gossip_datagrams
+            .get_or_create(&label("direction", "sent"))
+            .set(c.sent() as i64);
+        self.gossip_datagrams
+            .get_or_create(&label("direction", "received"))
+            .set(c.received() as i64);
+        for (reason, n) in c.drops() {
+            self.gossip_dropped
+                .get_or_create(&label("reason", reason))
+                .set(n as i64);
+        }
+    }
+
+    pub fn observe_ha(&self, s: &crate::ha::HaStatus) {
+        self.ha_epoch.set(s.epoch as i64);
+        self.ha_writable_primary
+            .set((s.role == "primary" && s.writable) as i64);
+        self.ha_members_alive
+            .set(s.members.iter().filter(|m| m.alive || m.is_self).count() as i64);
     }
 
     pub fn encode(&self) -> String {

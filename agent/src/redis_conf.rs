@@ -70,7 +70,15 @@ pub struct RedisSettings<'a> {
     pub maxclients: u64,
     pub maxmemory_mb: u64,
     pub maxmemory_policy: &'a str,
+    /// HA data stores: redis starts as a read-only replica and the agent promotes it only
+    /// when the election says so.
+    pub highly_available: bool,
 }
+
+/// Where an HA node's redis points before the agent has decided its role: nothing listens
+/// there, so redis starts read-only (replica-read-only) and takes no writes until the agent
+/// issues REPLICAOF NO ONE or names the real primary.
+pub const UNDECIDED_PRIMARY: (&str, u16) = ("127.0.0.1", 1);
 
 /// Quote a value for redis.conf (which splits lines like a shell, honouring "..." escapes).
 fn quote(s: &str) -> String {
@@ -139,7 +147,29 @@ pub fn render_redis_conf(s: &RedisSettings<'_>) -> String {
     line("enable-debug-command", "local");
     line("enable-module-command", "local");
     line("replica-read-only", "yes");
+    // Start a replica's full sync at once: the default waits 5 s for more replicas to batch,
+    // which would hold a rejoining replica (and WAIT) back after every failover.
+    line("repl-diskless-sync-delay", "0");
+    if s.highly_available {
+        // The password is per epoch and set with CONFIG SET when the agent names a primary.
+        line("masteruser", REPLICATION_USER);
+        line(
+            "replicaof",
+            &format!("{} {}", UNDECIDED_PRIMARY.0, UNDECIDED_PRIMARY.1),
+        );
+    }
     c
+}
+
+/// The replication password of one epoch, derived from the data-store key, so every node
+/// can compute it and there is no second secret to distribute. A replica can then only sync
+/// from the primary of the epoch it was told to follow.
+pub fn derive_epoch_password(data_store_key: &[u8], epoch: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(b"redis-steward replication password v1\0");
+    h.update(data_store_key);
+    h.update(epoch.to_be_bytes());
+    hex::encode(h.finalize())
 }
 
 /// SHA-256 in the `#<hex>` form the ACL file accepts, so no plaintext password is on disk there.
@@ -163,7 +193,7 @@ pub fn render_acl(customer_pw: &str, admin_pw: &str, repl_pw: &str, scripting: b
     format!(
         "user {CUSTOMER_USER} {} {}\n\
          user {ADMIN_USER} on {} ~* &* +@all\n\
-         user {REPLICATION_USER} on {} +psync +replconf +ping\n",
+         user {REPLICATION_USER} off {} +psync +replconf +ping\n",
         acl_password_hash(customer_pw),
         customer_rules(scripting),
         acl_password_hash(admin_pw),
@@ -188,6 +218,7 @@ mod tests {
             maxclients: 16384,
             maxmemory_mb: 3072,
             maxmemory_policy: "allkeys-lru",
+            highly_available: false,
         })
     }
 
@@ -230,6 +261,33 @@ mod tests {
     }
 
     #[test]
+    fn ha_nodes_start_as_read_only_replicas() {
+        let layout = Layout::new(Path::new("/d"), Path::new("/s"));
+        let conf = render_redis_conf(&RedisSettings {
+            layout: &layout,
+            bind: &["0.0.0.0".parse().unwrap()],
+            port: 6390,
+            tls_cert: Path::new("/c"),
+            tls_key: Path::new("/k"),
+            tls_ca: Path::new("/a"),
+            maxclients: 10000,
+            maxmemory_mb: 100,
+            maxmemory_policy: "noeviction",
+            highly_available: true,
+        });
+        let d = directives(&conf);
+        assert_eq!(get(&d, "replicaof"), "127.0.0.1 1");
+        assert_eq!(get(&d, "masteruser"), REPLICATION_USER);
+        assert!(!directives(&settings_conf(&layout))
+            .iter()
+            .any(|(k, _)| k == "replicaof"));
+        let a = derive_epoch_password(&[1; 32], 1);
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, derive_epoch_password(&[2; 32], 1));
+        assert_ne!(a, derive_epoch_password(&[1; 32], 2));
+    }
+
+    #[test]
     fn quoting_escapes_what_redis_would_split_on() {
         assert_eq!(quote(r#"a "b" \c"#), r#""a \"b\" \\c""#);
     }
@@ -262,5 +320,7 @@ mod tests {
         );
         let repl = acl.lines().find(|l| l.contains(REPLICATION_USER)).unwrap();
         assert!(repl.ends_with("+psync +replconf +ping"));
+        // Nobody replicates from a node until the agent promotes it.
+        assert!(repl.contains(" off "), "{repl}");
     }
 }

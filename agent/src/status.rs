@@ -18,6 +18,9 @@ pub struct NodeStatus {
     pub redis: RedisStatus,
     pub limits: LimitsStatus,
     pub config: ConfigSummary,
+    /// HA data stores: the election's view of every member, as this node sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::ha::HaStatus>,
     /// Problems an operator should look at, in plain words.
     pub warnings: Vec<String>,
 }
@@ -73,16 +76,22 @@ pub struct StaticInfo {
     pub config: ConfigSummary,
 }
 
-pub fn build(st: &StaticInfo, redis: &RedisState, agent_uptime_s: u64) -> NodeStatus {
+pub fn build(
+    st: &StaticInfo,
+    redis: &RedisState,
+    cluster: Option<crate::ha::HaStatus>,
+    agent_uptime_s: u64,
+) -> NodeStatus {
     let info = &redis.info;
     let phase = serde_json::to_value(redis.phase)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    let role = match redis.phase {
-        Phase::Running if redis.healthy => "primary",
-        Phase::Stopping | Phase::Stopped => "stopped",
-        _ => "starting",
+    let role = match (redis.phase, &cluster) {
+        (Phase::Stopping | Phase::Stopped, _) => "stopped".to_string(),
+        (_, Some(c)) if !c.role.is_empty() => c.role.clone(),
+        (Phase::Running, None) if redis.healthy => "primary".to_string(),
+        _ => "starting".to_string(),
     };
     let mut warnings = Vec::new();
     if !st.fd.sufficient() {
@@ -110,7 +119,7 @@ pub fn build(st: &StaticInfo, redis: &RedisState, agent_uptime_s: u64) -> NodeSt
         data_store_id: st.data_store_id.clone(),
         node: st.node.clone(),
         plan: st.plan.clone(),
-        role: role.to_string(),
+        role,
         agent_uptime_s,
         redis: RedisStatus {
             phase,
@@ -136,6 +145,7 @@ pub fn build(st: &StaticInfo, redis: &RedisState, agent_uptime_s: u64) -> NodeSt
             nofile_wanted: st.fd.wanted,
         },
         config: st.config.clone(),
+        cluster,
         warnings,
     }
 }
@@ -264,6 +274,19 @@ pub fn render_table(s: &NodeStatus) -> String {
         ),
         ("data dir", s.config.data_dir.clone()),
     ];
+    if let Some(c) = &s.cluster {
+        rows.push((
+            "epoch",
+            format!(
+                "{} (primary: {})",
+                c.epoch,
+                c.primary.as_deref().unwrap_or("none")
+            ),
+        ));
+        if !c.last_decision.is_empty() {
+            rows.push(("decided", c.last_decision.clone()));
+        }
+    }
     for w in &s.warnings {
         rows.push(("WARNING", w.clone()));
     }
@@ -271,6 +294,41 @@ pub fn render_table(s: &NodeStatus) -> String {
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:>width$}  {v}");
+    }
+    if let Some(c) = &s.cluster {
+        out.push_str(&render_members(&c.members));
+    }
+    out
+}
+
+/// The data store as this node sees it, one member a line.
+pub fn render_members(members: &[crate::ha::MemberStatus]) -> String {
+    let mut out = format!(
+        "\n{:<12} {:<22} {:<8} {:<9} {:>5} {:>12} {:>10} {:<7} {:>10}\n",
+        "MEMBER", "REDIS", "GOSSIP", "ROLE", "EPOCH", "OFFSET", "LAG", "REDIS", "HEARD"
+    );
+    for m in members {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<22} {:<8} {:<9} {:>5} {:>12} {:>10} {:<7} {:>10}",
+            m.name,
+            m.redis_addr.as_deref().unwrap_or("-"),
+            if m.is_self {
+                "self"
+            } else if m.alive {
+                "alive"
+            } else {
+                "DEAD"
+            },
+            m.role,
+            m.epoch,
+            m.offset,
+            m.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            if m.redis_healthy { "ok" } else { "DOWN" },
+            m.last_heard_ms
+                .map(|ms| format!("{:.1}s ago", ms as f64 / 1000.0))
+                .unwrap_or_else(|| "never".into()),
+        );
     }
     out
 }
@@ -321,7 +379,7 @@ mod tests {
 
     #[test]
     fn healthy_node_renders_without_warnings() {
-        let s = build(&static_info(20000), &running("maxclients:16384\r\nconnected_clients:2\r\nused_memory:1048576\r\nredis_version:7.0.15\r\n"), 65);
+        let s = build(&static_info(20000), &running("maxclients:16384\r\nconnected_clients:2\r\nused_memory:1048576\r\nredis_version:7.0.15\r\n"), None, 65);
         assert_eq!(s.role, "primary");
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
         let t = render_table(&s);
@@ -334,7 +392,7 @@ mod tests {
 
     #[test]
     fn low_fd_limit_and_capped_maxclients_are_warned() {
-        let s = build(&static_info(4096), &running("maxclients:4064\r\n"), 1);
+        let s = build(&static_info(4096), &running("maxclients:4064\r\n"), None, 1);
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
         assert!(s.warnings[0].contains("raise LimitNOFILE"));
         assert!(render_table(&s).contains("WARNING"));

@@ -113,3 +113,22 @@ fn status_without_an_agent_says_so() {
         stderr(&o)
     );
 }
+
+#[test]
+fn keygen_writes_a_private_key_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k");
+    let o = steward(&["keygen", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert_eq!(text.trim().len(), 64);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = steward(&["keygen", p.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("not overwriting"));
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+}

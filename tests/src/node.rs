@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "customer-secret-pw";
@@ -117,7 +118,8 @@ pub struct Agent {
     pub spec: NodeSpec,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    child: Option<Child>,
+    /// Behind a mutex so a shared cluster can restart its nodes.
+    child: Mutex<Option<Child>>,
     /// Wraps the agent command, e.g. to run it inside a network namespace.
     wrapper: Vec<String>,
     /// The network namespace the agent runs in, if not the test's own.
@@ -134,7 +136,7 @@ impl Agent {
             spec,
             dir,
             config_path,
-            child: None,
+            child: Mutex::new(None),
             wrapper: Vec::new(),
             netns: None,
         })
@@ -193,36 +195,37 @@ impl Agent {
             .arg(&self.config_path)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         Ok(cmd)
     }
 
-    pub fn start(&mut self) -> Result<()> {
+    pub fn start(&self) -> Result<()> {
         let child = self
             .command()?
             .spawn()
             .context("cannot start redis-steward")?;
-        self.child = Some(child);
+        *self.child.lock().unwrap() = Some(child);
         Ok(())
     }
 
     /// Start with a customised command (extra environment, for instance).
-    pub fn start_with(&mut self, f: impl FnOnce(&mut Command)) -> Result<()> {
+    pub fn start_with(&self, f: impl FnOnce(&mut Command)) -> Result<()> {
         let mut cmd = self.command()?;
         f(&mut cmd);
-        self.child = Some(cmd.spawn().context("cannot start redis-steward")?);
+        *self.child.lock().unwrap() = Some(cmd.spawn().context("cannot start redis-steward")?);
         Ok(())
     }
 
-    pub fn start_healthy(&mut self) -> Result<serde_json::Value> {
+    pub fn start_healthy(&self) -> Result<serde_json::Value> {
         self.start()?;
         self.wait_healthy(Duration::from_secs(20))
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -233,6 +236,8 @@ impl Agent {
     pub fn api_get(&self, path: &str) -> Option<String> {
         let addr = self.api_addr();
         match &self.netns {
+            // A namespace already torn down has no API to ask.
+            Some(ns) if !Path::new("/run/netns").join(ns).exists() => None,
             Some(ns) => crate::netns::run_in_netns(ns, || http_get(addr, path).ok()),
             None => http_get(addr, path).ok(),
         }
@@ -243,7 +248,7 @@ impl Agent {
     }
 
     /// Wait until the agent reports redis healthy; fails with the agent's log if it exits.
-    pub fn wait_healthy(&mut self, timeout: Duration) -> Result<serde_json::Value> {
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.status() {
@@ -269,8 +274,9 @@ impl Agent {
         self.status()?["redis"]["pid"].as_u64().map(|p| p as u32)
     }
 
-    fn try_exit_code(&mut self) -> Option<Option<i32>> {
-        let c = self.child.as_mut()?;
+    fn try_exit_code(&self) -> Option<Option<i32>> {
+        let mut guard = self.child.lock().unwrap();
+        let c = guard.as_mut()?;
         c.try_wait().ok().flatten().map(|s| s.code())
     }
 
@@ -282,12 +288,13 @@ impl Agent {
     }
 
     /// Wait for the agent process to exit; returns its exit code (None if killed by a signal).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let c = self.child.as_mut().context("agent not started")?;
+    pub fn wait_exit(&self, timeout: Duration) -> Result<Option<i32>> {
+        let mut guard = self.child.lock().unwrap();
+        let c = guard.as_mut().context("agent not started")?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = c.try_wait()? {
-                self.child = None;
+                *guard = None;
                 return Ok(s.code());
             }
             if Instant::now() >= deadline {
@@ -301,7 +308,7 @@ impl Agent {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> Result<Option<i32>> {
+    pub fn stop(&self) -> Result<Option<i32>> {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(40))
     }
@@ -341,7 +348,8 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut c) = child {
             // Kill the agent; redis follows through PR_SET_PDEATHSIG.
             let redis = self.redis_pid();
             let _ = c.kill();

@@ -19,7 +19,14 @@ impl MotoServer {
         let port = crate::node::free_port();
         // `python3 -m` rather than the `moto_server` script: found whatever PATH holds.
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -39,7 +39,7 @@ fn only_allowed_networks_reach_redis_and_rules_follow_the_config() {
     let mut spec = NodeSpec::new("node-a");
     spec.bind = "0.0.0.0".into();
     spec.allowed_cidrs = Some(vec![format!("{}/32", inside.ip), "2001:db8::/32".into()]);
-    let mut agent = Agent::prepare(spec).unwrap().in_netns(&server.name);
+    let agent = Agent::prepare(spec).unwrap().in_netns(&server.name);
     agent.start().unwrap();
     agent.wait_healthy(Duration::from_secs(20)).unwrap();
 

@@ -15,7 +15,7 @@ fn redis_crash_to_serving_again() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(20);
-    let mut a = Agent::prepare(NodeSpec::new("bench")).unwrap();
+    let a = Agent::prepare(NodeSpec::new("bench")).unwrap();
     a.start_healthy().unwrap();
     for i in 0..10_000 {
         if i % 1000 == 0 {

@@ -10,7 +10,7 @@ use steward_testbed::node::{
 };
 
 fn started(spec: NodeSpec) -> Agent {
-    let mut a = Agent::prepare(spec).unwrap();
+    let a = Agent::prepare(spec).unwrap();
     a.start_healthy().unwrap();
     a
 }
@@ -277,7 +277,7 @@ fn maxclients_follows_memory_and_shows_in_info() {
 #[test]
 fn open_files_limit_is_raised_or_the_agent_says_why_not() {
     // A low soft limit under a high enough hard limit is lifted to fit maxclients 16384.
-    let mut a = Agent::prepare(NodeSpec::new("node-a"))
+    let a = Agent::prepare(NodeSpec::new("node-a"))
         .unwrap()
         .with_wrapper(vec![
             "prlimit".into(),
@@ -290,7 +290,7 @@ fn open_files_limit_is_raised_or_the_agent_says_why_not() {
     drop(a);
 
     // Without CAP_SYS_RESOURCE the hard limit holds: redis caps maxclients and the agent warns.
-    let mut b = Agent::prepare(NodeSpec::new("node-b"))
+    let b = Agent::prepare(NodeSpec::new("node-b"))
         .unwrap()
         .with_wrapper(vec![
             "prlimit".into(),
@@ -359,7 +359,7 @@ fn a_crashed_redis_is_restarted_with_its_fsynced_writes() {
 
 #[test]
 fn sigterm_stops_redis_cleanly_and_keeps_every_write() {
-    let mut a = started(NodeSpec::new("node-a"));
+    let a = started(NodeSpec::new("node-a"));
     for i in 0..100 {
         assert_eq!(a.cmd(&["SET", &format!("k{i}"), "x"]), "OK");
     }
@@ -377,7 +377,7 @@ fn sigterm_stops_redis_cleanly_and_keeps_every_write() {
 
 #[test]
 fn redis_never_outlives_a_killed_agent() {
-    let mut a = started(NodeSpec::new("node-a"));
+    let a = started(NodeSpec::new("node-a"));
     let pid = a.redis_pid().unwrap();
     a.signal(libc::SIGKILL);
     a.wait_exit(Duration::from_secs(5)).unwrap();
@@ -392,7 +392,7 @@ fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
     let a = started(NodeSpec::new("node-a"));
     let mut spec = NodeSpec::new("node-a");
     spec.port = NodeSpec::new("x").port;
-    let mut b = Agent::prepare(spec).unwrap();
+    let b = Agent::prepare(spec).unwrap();
     // Point b at a's directories.
     let text = std::fs::read_to_string(&b.config_path).unwrap().replace(
         &b.dir.path().display().to_string(),
@@ -413,7 +413,7 @@ fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
 fn a_taken_port_stops_the_start_with_a_clear_error() {
     let spec = NodeSpec::new("node-a");
     let _holder = std::net::TcpListener::bind(("127.0.0.1", spec.port)).unwrap();
-    let mut a = Agent::prepare(spec).unwrap();
+    let a = Agent::prepare(spec).unwrap();
     a.start().unwrap();
     assert_eq!(a.wait_exit(Duration::from_secs(10)).unwrap(), Some(1));
     let log = a.log();
@@ -428,7 +428,7 @@ fn a_taken_port_stops_the_start_with_a_clear_error() {
 fn bad_configs_start_nothing() {
     let mut spec = NodeSpec::new("node-a");
     spec.extra = "\n[tls]\nmode = \"files\"\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/etc/hostname\"\nca_file = \"/etc/hostname\"\n".into();
-    let mut a = Agent::prepare(spec).unwrap();
+    let a = Agent::prepare(spec).unwrap();
     a.start().unwrap();
     assert_eq!(a.wait_exit(Duration::from_secs(10)).unwrap(), Some(1));
     assert!(a.log().contains("tls.cert_file"), "{}", a.log());
@@ -439,7 +439,7 @@ fn bad_configs_start_nothing() {
 
     let mut spec = NodeSpec::new("node-b");
     spec.allowed_cidrs = Some(vec!["10.0.0.0/40".into()]);
-    let mut b = Agent::prepare(spec).unwrap();
+    let b = Agent::prepare(spec).unwrap();
     b.start().unwrap();
     assert_eq!(b.wait_exit(Duration::from_secs(10)).unwrap(), Some(1));
     assert!(b.log().contains("access.allowed_cidrs"), "{}", b.log());
@@ -507,7 +507,7 @@ fn aof_is_multi_part_with_timestamps() {
 
 #[test]
 fn systemd_gets_ready_status_watchdog_and_stopping() {
-    let mut a = Agent::prepare(NodeSpec::new("node-a")).unwrap();
+    let a = Agent::prepare(NodeSpec::new("node-a")).unwrap();
     let sock_path = a.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))

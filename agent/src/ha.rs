@@ -1,0 +1,879 @@
+//! The HA shell around the pure election logic (`election::Node`): one select loop that feeds
+//! it events (ticks with the gossip view, redis probes, lease answers) and carries out the
+//! actions it returns, in order — persist the vote, publish the state, REPLICAOF, CLIENT PAUSE
+//! — against the node's own redis, the gossip layer and the object store.
+//!
+//! Redis in an HA data store always starts as a read-only replica (see `redis_conf`), so a
+//! redis that the supervisor restarts takes no writes until this loop has re-applied the role
+//! and fencing the election last asked for.
+
+use crate::config::ClusterNode;
+use crate::election::{
+    self, Action, Durable, Event, LeaseResult, NodeId, PeerView, PublishedState,
+};
+use crate::gossip::cluster::{Gossip, Member};
+use crate::redis_client::{self, Info};
+use crate::redis_conf::{
+    derive_epoch_password, CUSTOMER_USER, REPLICATION_USER, UNDECIDED_PRIMARY,
+};
+use crate::secrets::write_file_atomic;
+use crate::store::Store;
+use crate::supervisor::RedisState;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+/// The gossip key carrying a node's `PublishedState` (JSON).
+pub const STATE_KEY: &str = "state";
+/// The gossip key carrying a node's redis address (`ip:port`).
+pub const REDIS_ADDR_KEY: &str = "redis_addr";
+
+pub struct HaConfig {
+    pub election: election::Config,
+    pub nodes: Vec<ClusterNode>,
+    pub durable_path: PathBuf,
+    pub socket: PathBuf,
+    pub admin_user: String,
+    pub admin_password: String,
+    /// Two-node data stores: the bucket holding `lease/{epoch}` objects.
+    pub lease_store: Option<Store>,
+    /// The data store key: replication passwords are derived from it per epoch.
+    pub cluster_key: [u8; 32],
+}
+
+/// What the HA loop knows, for status and the Sentinel-facing parts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HaStatus {
+    pub role: String,
+    pub epoch: u64,
+    pub writable: bool,
+    pub primary: Option<String>,
+    pub last_decision: String,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    pub name: String,
+    /// This row is the node answering.
+    #[serde(default)]
+    pub is_self: bool,
+    pub redis_addr: Option<String>,
+    pub alive: bool,
+    pub role: String,
+    pub epoch: u64,
+    pub offset: u64,
+    /// Bytes behind the primary's offset, as gossip reports both.
+    pub lag: Option<u64>,
+    pub redis_healthy: bool,
+    pub writable: bool,
+    /// Milliseconds since this node last saw the member's state change.
+    pub last_heard_ms: Option<u64>,
+}
+
+pub struct HaHandle {
+    pub status: watch::Receiver<HaStatus>,
+    shutdown: mpsc::Sender<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HaHandle {
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.shutdown.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// Load the durable election state; a missing file is a first start.
+pub fn load_durable(path: &std::path::Path) -> Result<Durable> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("{} is damaged; it holds this node's votes", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Durable::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn save_durable(path: &std::path::Path, d: &Durable) -> Result<()> {
+    if let Ok(ms) = std::env::var("XX_SLOW_FSYNC_MS") {
+        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+    }
+    write_file_atomic(path, &serde_json::to_vec(d)?, 0o600)?;
+    // The rename must be durable too before the vote is published.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub fn spawn(
+    cfg: HaConfig,
+    gossip: Gossip,
+    redis: watch::Receiver<RedisState>,
+) -> Result<HaHandle> {
+    let durable = load_durable(&cfg.durable_path)?;
+    let start = Instant::now();
+    let node =
+        election::Node::new(cfg.election.clone(), durable, 0).context("election settings")?;
+    let (status_tx, status_rx) = watch::channel(HaStatus::default());
+    let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
+    let (lease_tx, lease_rx) = mpsc::channel(16);
+    let tick = Duration::from_millis(cfg.election.timing.tick_ms);
+    let mut shell = Shell {
+        cfg,
+        node,
+        gossip,
+        start,
+        admin: None,
+        desired: Desired::default(),
+        applied_pid: None,
+        redis_healthy: false,
+        lease_tx,
+        status: status_tx,
+        heard: BTreeMap::new(),
+    };
+    let task = tokio::spawn(async move { shell.run(redis, lease_rx, shutdown_rx, tick).await });
+    Ok(HaHandle {
+        status: status_rx,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+/// What redis should look like, so it can be re-applied after a redis restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Desired {
+    /// None: not decided yet (redis stays the read-only replica it starts as).
+    role: Option<RedisRole>,
+    fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum RedisRole {
+    Primary {
+        epoch: u64,
+    },
+    Replica {
+        host: String,
+        port: u16,
+        epoch: u64,
+    },
+    /// Replicating from nothing (the undecided placeholder): read-only, data held still.
+    Detached,
+}
+
+struct Shell {
+    cfg: HaConfig,
+    node: election::Node,
+    gossip: Gossip,
+    start: Instant,
+    admin: Option<MultiplexedConnection>,
+    desired: Desired,
+    /// The redis pid the desired state was last applied to.
+    applied_pid: Option<u32>,
+    /// What the supervisor last said.
+    redis_healthy: bool,
+    lease_tx: mpsc::Sender<LeaseResult>,
+    status: watch::Sender<HaStatus>,
+    /// When each member's published state last changed (our clock), and what it was.
+    heard: BTreeMap<String, (String, Instant)>,
+}
+
+impl Shell {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    async fn run(
+        &mut self,
+        mut redis: watch::Receiver<RedisState>,
+        mut lease_rx: mpsc::Receiver<LeaseResult>,
+        mut shutdown: mpsc::Receiver<oneshot::Sender<()>>,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.probe().await;
+                    let members = self.gossip.members().await;
+                    let views = self.peer_views(&members);
+                    tracing::trace!(?views, "gossip view");
+                    self.update_status(&members);
+                    self.decide(Event::Peers(views)).await;
+                }
+                changed = redis.changed() => {
+                    if changed.is_err() { return; }
+                    let state = redis.borrow_and_update().clone();
+                    self.on_redis(&state).await;
+                }
+                Some(result) = lease_rx.recv() => self.decide(Event::Lease(result)).await,
+                done = shutdown.recv() => {
+                    self.gossip.initiate_shutdown();
+                    if let Some(done) = done { let _ = done.send(()); }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_redis(&mut self, state: &RedisState) {
+        let was_healthy = self.redis_healthy;
+        self.redis_healthy = state.healthy;
+        if state.healthy && state.pid.is_some() && state.pid != self.applied_pid {
+            // A (re)started redis: it came up as a read-only replica; put back what the
+            // election asked for.
+            self.admin = None;
+            self.applied_pid = state.pid;
+            if let Err(e) = self.apply_desired().await {
+                warn!("cannot restore redis's role after its restart: {e:#}");
+                self.applied_pid = None;
+            }
+        }
+        if was_healthy && !state.healthy {
+            self.decide(Event::RedisProbe {
+                healthy: false,
+                offset: 0,
+                upstream: None,
+            })
+            .await;
+        }
+    }
+
+    /// Ask redis for its replication state now and tell the election. Runs every tick and
+    /// right after actions that change replication, so that a probe the election sees was
+    /// always taken after the actions it decided (e.g. a `Detach` really took effect).
+    async fn probe(&mut self) {
+        let event = if !self.redis_healthy || self.applied_pid.is_none() {
+            Event::RedisProbe {
+                healthy: false,
+                offset: 0,
+                upstream: None,
+            }
+        } else {
+            match self
+                .admin_query::<String>(redis::cmd("INFO").arg("replication"))
+                .await
+            {
+                Ok(text) => {
+                    let (offset, upstream) = self.replication(&Info::parse(&text));
+                    Event::RedisProbe {
+                        healthy: true,
+                        offset,
+                        upstream,
+                    }
+                }
+                Err(e) => {
+                    debug!("replication probe failed: {e:#}");
+                    Event::RedisProbe {
+                        healthy: false,
+                        offset: 0,
+                        upstream: None,
+                    }
+                }
+            }
+        };
+        self.decide_once(event).await;
+    }
+
+    /// Our replication offset and, when the link to a primary is up, which node that is.
+    fn replication(&self, info: &Info) -> (u64, Option<NodeId>) {
+        let offset = info.get_u64("master_repl_offset").unwrap_or(0);
+        let upstream =
+            if info.get("role") == Some("slave") && info.get("master_link_status") == Some("up") {
+                let host = info.get("master_host").unwrap_or_default();
+                let port = info.get_u64("master_port").unwrap_or(0);
+                self.cfg
+                    .nodes
+                    .iter()
+                    .find(|n| n.address.to_string() == host && u64::from(n.redis_port) == port)
+                    .map(|n| NodeId::new(n.name.clone()))
+            } else {
+                None
+            };
+        (offset, upstream)
+    }
+
+    fn peer_views(&mut self, members: &[Member]) -> Vec<PeerView> {
+        let me = self.node.me().clone();
+        self.cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != me.as_str())
+            .map(|n| {
+                let m = members.iter().find(|m| m.name == n.name);
+                let state = m
+                    .and_then(|m| m.keys.get(STATE_KEY))
+                    .and_then(|s| serde_json::from_str::<PublishedState>(s).ok());
+                PeerView {
+                    node: NodeId::new(n.name.clone()),
+                    alive: m.is_some_and(|m| m.alive),
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    fn update_status(&mut self, members: &[Member]) {
+        let now = Instant::now();
+        let published = self.node.published();
+        let mut rows = Vec::new();
+        let mut states: Vec<(String, Option<PublishedState>, bool, Option<String>)> = Vec::new();
+        for n in &self.cfg.nodes {
+            if n.name == self.node.me().as_str() {
+                states.push((
+                    n.name.clone(),
+                    Some(published.clone()),
+                    true,
+                    Some(format!("{}:{}", n.address, n.redis_port)),
+                ));
+                continue;
+            }
+            let m = members.iter().find(|m| m.name == n.name);
+            let raw = m.and_then(|m| m.keys.get(STATE_KEY)).cloned();
+            if let Some(raw) = &raw {
+                let entry = self
+                    .heard
+                    .entry(n.name.clone())
+                    .or_insert((String::new(), now));
+                if &entry.0 != raw {
+                    *entry = (raw.clone(), now);
+                }
+            }
+            states.push((
+                n.name.clone(),
+                raw.and_then(|s| serde_json::from_str(&s).ok()),
+                m.is_some_and(|m| m.alive),
+                m.and_then(|m| m.keys.get(REDIS_ADDR_KEY).cloned())
+                    .or_else(|| Some(format!("{}:{}", n.address, n.redis_port))),
+            ));
+        }
+        let primary_offset = states
+            .iter()
+            .filter_map(|(_, s, _, _)| s.as_ref())
+            .filter(|s| s.role == election::Role::Primary && s.writable)
+            .map(|s| s.position.offset)
+            .max();
+        for (name, s, alive, addr) in states {
+            let me = name == self.node.me().as_str();
+            let s = s.unwrap_or_default();
+            rows.push(MemberStatus {
+                is_self: me,
+                last_heard_ms: if me {
+                    Some(0)
+                } else {
+                    self.heard
+                        .get(&name)
+                        .map(|(_, t)| t.elapsed().as_millis() as u64)
+                },
+                lag: primary_offset.map(|p| p.saturating_sub(s.position.offset)),
+                name,
+                redis_addr: addr,
+                alive,
+                role: role_name(&s),
+                epoch: s.epoch,
+                offset: s.position.offset,
+                redis_healthy: s.redis_healthy,
+                writable: s.writable,
+            });
+        }
+        self.status.send_modify(|st| {
+            st.role = role_name(&published);
+            st.epoch = published.epoch;
+            st.writable = published.writable;
+            st.primary = published.primary.as_ref().map(|p| p.to_string());
+            st.members = rows;
+        });
+    }
+
+    /// Step the election and carry out its actions; when they changed replication, probe
+    /// again at once so the election learns the outcome without waiting for the next tick.
+    async fn decide(&mut self, event: Event) {
+        if self.decide_once(event).await {
+            self.probe().await;
+        }
+    }
+
+    /// Returns whether the actions changed redis's replication.
+    async fn decide_once(&mut self, event: Event) -> bool {
+        let now = self.now_ms();
+        let d = self.node.step(now, event);
+        if d.changed {
+            info!(epoch = self.node.published().epoch, "{}", d.reason);
+            self.status
+                .send_modify(|s| s.last_decision = d.reason.clone());
+        } else {
+            debug!("{}", d.reason);
+        }
+        let mut replication_changed = false;
+        for action in d.actions {
+            replication_changed |= matches!(
+                action,
+                Action::Detach | Action::Follow { .. } | Action::Promote { .. } | Action::Demote
+            );
+            if let Err(e) = self.execute(action).await {
+                warn!("{e:#}");
+            }
+        }
+        replication_changed
+    }
+
+    async fn execute(&mut self, action: Action) -> Result<()> {
+        match action {
+            Action::Persist(d) => {
+                // Nothing after this in the decision may run unless the vote is on disk.
+                if let Err(e) = save_durable(&self.cfg.durable_path, &d) {
+                    error!("cannot persist election state: {e:#}; stopping the agent to stay safe");
+                    std::process::exit(1);
+                }
+            }
+            Action::Publish(state) => {
+                self.gossip
+                    .publish(STATE_KEY, serde_json::to_string(&state)?)
+                    .await;
+            }
+            Action::Promote { epoch } => {
+                info!(epoch, "promoting this node to primary");
+                self.desired.role = Some(RedisRole::Primary { epoch });
+                self.promote(epoch).await?;
+            }
+            Action::Follow { primary, epoch } => {
+                let (host, port) = self.redis_addr_of(primary.as_str())?;
+                let role = RedisRole::Replica {
+                    host: host.clone(),
+                    port,
+                    epoch,
+                };
+                if self.desired.role.as_ref() != Some(&role) {
+                    info!(epoch, %primary, "replicating from {host}:{port}");
+                    self.desired.role = Some(role);
+                    self.follow(&host, port, epoch).await?;
+                }
+            }
+            Action::Detach => {
+                if self.desired.role != Some(RedisRole::Detached) {
+                    debug!("detaching from the primary so our position holds still");
+                    self.desired.role = Some(RedisRole::Detached);
+                    self.detach().await?;
+                }
+            }
+            Action::Demote => {
+                info!("demoted: no longer serving replicas; dropping customer connections so clients find the new primary");
+                self.stop_serving_replicas().await?;
+                self.admin_cmd(
+                    redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("USER")
+                        .arg(CUSTOMER_USER),
+                )
+                .await?;
+            }
+            Action::Fence => {
+                self.desired.fenced = true;
+                self.fence().await;
+            }
+            Action::Unfence => {
+                self.desired.fenced = false;
+                self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+            }
+            Action::PollLease {
+                from_epoch,
+                asked_at,
+            } => self.spawn_lease(LeaseOp::Poll {
+                from_epoch,
+                asked_at,
+            }),
+            Action::TryAcquireLease { epoch } => self.spawn_lease(LeaseOp::Acquire { epoch }),
+            Action::RenewLease { epoch, heartbeat } => {
+                self.spawn_lease(LeaseOp::Renew { epoch, heartbeat })
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop writes within the action latency, or kill redis: it restarts as a read-only replica.
+    async fn fence(&mut self) {
+        if self.applied_pid.is_none() {
+            // No redis we have configured is running: it starts read-only, and `apply_desired`
+            // fences it before promoting it.
+            debug!("fence recorded; redis is not up yet");
+            return;
+        }
+        let latency = Duration::from_millis(self.cfg.election.timing.action_latency_ms);
+        let mut pause = redis::cmd("CLIENT");
+        pause.arg("PAUSE").arg(FENCE_PAUSE_MS).arg("WRITE");
+        match tokio::time::timeout(latency, self.admin_cmd(&mut pause)).await {
+            Ok(Ok(())) => {}
+            outcome => {
+                error!(
+                    ?outcome,
+                    "cannot fence redis in time; killing it so it restarts read-only"
+                );
+                if let Some(pid) = self.applied_pid {
+                    // SAFETY: kill(2) of our own redis child.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+                self.applied_pid = None;
+            }
+        }
+    }
+
+    /// Put a freshly (re)started redis back into the role the election gave it.
+    ///
+    /// A primary whose redis process crashed and came back serves its replicas again: redis
+    /// writes the AOF (to the page cache) before it answers a client, so a process crash loses
+    /// no acknowledged write and the replicas' full resync from it loses nothing either. (A
+    /// machine crash that could lose unsynced AOF also restarts the agent, which then starts
+    /// fenced and is not primary until elected again.)
+    async fn apply_desired(&mut self) -> Result<()> {
+        match self.desired.role.clone() {
+            Some(RedisRole::Primary { epoch }) => {
+                let writable = !self.desired.fenced;
+                self.promote(epoch).await?;
+                if writable {
+                    self.desired.fenced = false;
+                    self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+                }
+            }
+            Some(RedisRole::Replica { host, port, epoch }) => {
+                self.follow(&host, port, epoch).await?
+            }
+            Some(RedisRole::Detached) | None => {}
+        }
+        Ok(())
+    }
+
+    /// Primary of `epoch`: writes paused (until `Unfence`), replicas of older epochs dropped,
+    /// and the replication user reopened with this epoch's password.
+    async fn promote(&mut self, epoch: u64) -> Result<()> {
+        self.desired.fenced = true;
+        self.fence().await;
+        self.admin_cmd(redis::cmd("REPLICAOF").arg("NO").arg("ONE"))
+            .await?;
+        self.admin_cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica"))
+            .await?;
+        let pw = format!(">{}", derive_epoch_password(&self.cfg.cluster_key, epoch));
+        self.admin_cmd(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(REPLICATION_USER)
+                .arg("on")
+                .arg("resetpass")
+                .arg(pw),
+        )
+        .await
+    }
+
+    /// Replica of `host:port`, primary of `epoch`, authenticating with that epoch's password.
+    /// A replica is read-only, so a pause left from fencing is lifted (it would also hold up
+    /// the replication stream).
+    async fn follow(&mut self, host: &str, port: u16, epoch: u64) -> Result<()> {
+        self.stop_serving_replicas().await?;
+        let pw = derive_epoch_password(&self.cfg.cluster_key, epoch);
+        self.admin_cmd(redis::cmd("CONFIG").arg("SET").arg("masterauth").arg(pw))
+            .await?;
+        self.admin_cmd(redis::cmd("REPLICAOF").arg(host).arg(port))
+            .await?;
+        self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+        self.desired.fenced = false;
+        Ok(())
+    }
+
+    async fn detach(&mut self) -> Result<()> {
+        self.stop_serving_replicas().await?;
+        let (host, port) = UNDECIDED_PRIMARY;
+        self.admin_cmd(redis::cmd("REPLICAOF").arg(host).arg(port))
+            .await
+    }
+
+    async fn stop_serving_replicas(&mut self) -> Result<()> {
+        self.admin_cmd(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(REPLICATION_USER)
+                .arg("off")
+                .arg("resetpass"),
+        )
+        .await?;
+        self.admin_cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica"))
+            .await
+    }
+
+    fn redis_addr_of(&self, node: &str) -> Result<(String, u16)> {
+        let n = self
+            .cfg
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("election named unknown node {node}"))?;
+        Ok((n.address.to_string(), n.redis_port))
+    }
+
+    /// Run one command on redis as the admin user, reconnecting after a failure.
+    async fn admin_query<T: redis::FromRedisValue>(&mut self, cmd: &mut redis::Cmd) -> Result<T> {
+        if self.admin.is_none() {
+            self.admin = Some(
+                redis_client::connect_admin(
+                    &self.cfg.socket,
+                    &self.cfg.admin_user,
+                    &self.cfg.admin_password,
+                )
+                .await?,
+            );
+        }
+        let conn = self.admin.as_mut().expect("connected above");
+        let r: redis::RedisResult<T> = cmd.query_async(conn).await;
+        r.map_err(|e| {
+            self.admin = None;
+            anyhow::Error::from(e).context("admin command failed")
+        })
+    }
+
+    async fn admin_cmd(&mut self, cmd: &mut redis::Cmd) -> Result<()> {
+        self.admin_query::<redis::Value>(cmd).await.map(|_| ())
+    }
+
+    fn spawn_lease(&self, op: LeaseOp) {
+        let Some(store) = self.cfg.lease_store.clone() else {
+            warn!("the election asked for a lease but no backup store is configured");
+            return;
+        };
+        let tx = self.lease_tx.clone();
+        let me = self.node.me().to_string();
+        tokio::spawn(async move {
+            let result = lease_op(&store, &me, op).await.unwrap_or_else(|e| {
+                debug!("lease store: {e:#}");
+                LeaseResult::Unreachable
+            });
+            let _ = tx.send(result).await;
+        });
+    }
+}
+
+/// CLIENT PAUSE's timeout for fencing: a day; the loop lifts it with UNPAUSE when allowed.
+const FENCE_PAUSE_MS: u64 = 86_400_000;
+
+fn role_name(s: &PublishedState) -> String {
+    match (s.role, s.writable) {
+        (election::Role::Primary, true) => "primary".into(),
+        (election::Role::Primary, false) => "fenced".into(),
+        (election::Role::Replica, _) => "replica".into(),
+        (election::Role::Starting, _) => "starting".into(),
+    }
+}
+
+enum LeaseOp {
+    Poll { from_epoch: u64, asked_at: u64 },
+    Acquire { epoch: u64 },
+    Renew { epoch: u64, heartbeat: u64 },
+}
+
+fn lease_path(epoch: u64) -> String {
+    format!("lease/{epoch:020}")
+}
+
+fn heartbeat_path(epoch: u64) -> String {
+    format!("lease/{epoch:020}.heartbeat")
+}
+
+/// The lease protocol over the store's five calls (see `election::Action` for the contract).
+async fn lease_op(store: &Store, me: &str, op: LeaseOp) -> Result<LeaseResult> {
+    Ok(match op {
+        LeaseOp::Poll {
+            from_epoch,
+            asked_at,
+        } => {
+            let mut epoch = from_epoch;
+            let mut holder = None;
+            // Bounded walk upwards: epochs only grow by one per successful acquire.
+            for _ in 0..64 {
+                match store.get(&lease_path(epoch + 1)).await? {
+                    Some(h) => {
+                        epoch += 1;
+                        holder = Some(NodeId::new(String::from_utf8_lossy(&h).to_string()));
+                    }
+                    None => break,
+                }
+            }
+            if holder.is_none() && epoch > 0 {
+                holder = store
+                    .get(&lease_path(epoch))
+                    .await?
+                    .map(|h| NodeId::new(String::from_utf8_lossy(&h).to_string()));
+            }
+            let heartbeat = match store.get(&heartbeat_path(epoch)).await? {
+                Some(b) => String::from_utf8_lossy(&b).parse().ok(),
+                None => None,
+            };
+            LeaseResult::Heartbeat {
+                asked_at,
+                epoch,
+                holder,
+                heartbeat,
+            }
+        }
+        LeaseOp::Acquire { epoch } => {
+            if store
+                .create(&lease_path(epoch), Bytes::from(me.to_string()))
+                .await?
+            {
+                LeaseResult::Acquired { epoch }
+            } else {
+                let holder = store
+                    .get(&lease_path(epoch))
+                    .await?
+                    .map(|h| String::from_utf8_lossy(&h).to_string())
+                    .unwrap_or_default();
+                LeaseResult::AlreadyTaken {
+                    epoch,
+                    holder: NodeId::new(holder),
+                }
+            }
+        }
+        LeaseOp::Renew { epoch, heartbeat } => {
+            if let Some(h) = store.get(&lease_path(epoch + 1)).await? {
+                LeaseResult::AlreadyTaken {
+                    epoch: epoch + 1,
+                    holder: NodeId::new(String::from_utf8_lossy(&h).to_string()),
+                }
+            } else {
+                store
+                    .put(&heartbeat_path(epoch), Bytes::from(heartbeat.to_string()))
+                    .await?;
+                LeaseResult::Renewed { epoch, heartbeat }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lease_protocol_over_a_store() {
+        let s = Store::in_memory();
+        let poll = |from| {
+            lease_op(
+                &s,
+                "a",
+                LeaseOp::Poll {
+                    from_epoch: from,
+                    asked_at: 7,
+                },
+            )
+        };
+        assert_eq!(
+            poll(0).await.unwrap(),
+            LeaseResult::Heartbeat {
+                asked_at: 7,
+                epoch: 0,
+                holder: None,
+                heartbeat: None
+            }
+        );
+        assert_eq!(
+            lease_op(&s, "a", LeaseOp::Acquire { epoch: 1 })
+                .await
+                .unwrap(),
+            LeaseResult::Acquired { epoch: 1 }
+        );
+        assert_eq!(
+            lease_op(&s, "b", LeaseOp::Acquire { epoch: 1 })
+                .await
+                .unwrap(),
+            LeaseResult::AlreadyTaken {
+                epoch: 1,
+                holder: NodeId::new("a")
+            }
+        );
+        assert_eq!(
+            lease_op(
+                &s,
+                "a",
+                LeaseOp::Renew {
+                    epoch: 1,
+                    heartbeat: 42
+                }
+            )
+            .await
+            .unwrap(),
+            LeaseResult::Renewed {
+                epoch: 1,
+                heartbeat: 42
+            }
+        );
+        assert_eq!(
+            poll(0).await.unwrap(),
+            LeaseResult::Heartbeat {
+                asked_at: 7,
+                epoch: 1,
+                holder: Some(NodeId::new("a")),
+                heartbeat: Some(42)
+            }
+        );
+        // b takes epoch 2: a's next renewal learns it lost.
+        assert_eq!(
+            lease_op(&s, "b", LeaseOp::Acquire { epoch: 2 })
+                .await
+                .unwrap(),
+            LeaseResult::Acquired { epoch: 2 }
+        );
+        assert_eq!(
+            lease_op(
+                &s,
+                "a",
+                LeaseOp::Renew {
+                    epoch: 1,
+                    heartbeat: 43
+                }
+            )
+            .await
+            .unwrap(),
+            LeaseResult::AlreadyTaken {
+                epoch: 2,
+                holder: NodeId::new("b")
+            }
+        );
+        assert_eq!(
+            poll(1).await.unwrap(),
+            LeaseResult::Heartbeat {
+                asked_at: 7,
+                epoch: 2,
+                holder: Some(NodeId::new("b")),
+                heartbeat: None
+            }
+        );
+    }
+
+    #[test]
+    fn durable_state_round_trips_and_damage_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("election.json");
+        assert_eq!(load_durable(&p).unwrap(), Durable::default());
+        let d = Durable {
+            vote: Some(election::Vote {
+                epoch: 3,
+                candidate: NodeId::new("b"),
+            }),
+            synced_epoch: 2,
+        };
+        save_durable(&p, &d).unwrap();
+        assert_eq!(load_durable(&p).unwrap(), d);
+        std::fs::write(&p, b"{garbage").unwrap();
+        assert!(load_durable(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("damaged"));
+    }
+}
