@@ -104,9 +104,6 @@ pub fn load_durable(path: &std::path::Path) -> Result<Durable> {
 }
 
 fn save_durable(path: &std::path::Path, d: &Durable) -> Result<()> {
-    if let Ok(ms) = std::env::var("XX_SLOW_FSYNC_MS") {
-        std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
-    }
     write_file_atomic(path, &serde_json::to_vec(d)?, 0o600)?;
     // The rename must be durable too before the vote is published.
     if let Some(dir) = path.parent() {
@@ -205,12 +202,14 @@ impl Shell {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    self.probe().await;
+                    // Gossip first: a step on the previous tick's view could time out a
+                    // campaign whose votes have just arrived.
                     let members = self.gossip.members().await;
                     let views = self.peer_views(&members);
                     tracing::trace!(?views, "gossip view");
                     self.update_status(&members);
                     self.decide(Event::Peers(views)).await;
+                    self.probe().await;
                 }
                 changed = redis.changed() => {
                     if changed.is_err() { return; }
@@ -432,7 +431,14 @@ impl Shell {
         match action {
             Action::Persist(d) => {
                 // Nothing after this in the decision may run unless the vote is on disk.
-                if let Err(e) = save_durable(&self.cfg.durable_path, &d) {
+                // The fsync can take 100+ ms: off the runtime's worker threads, or it stalls
+                // gossip and everything else scheduled there. Awaited, so the order holds.
+                let path = self.cfg.durable_path.clone();
+                let saved = tokio::task::spawn_blocking(move || save_durable(&path, &d))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r);
+                if let Err(e) = saved {
                     error!("cannot persist election state: {e:#}; stopping the agent to stay safe");
                     std::process::exit(1);
                 }

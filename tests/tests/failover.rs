@@ -75,13 +75,11 @@ fn kill_primary_node(plan: &str) {
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
 fn premium_survives_the_primary_node_dying() {
     kill_primary_node("premium");
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
 fn business_survives_the_primary_node_dying() {
     kill_primary_node("business");
 }
@@ -109,7 +107,7 @@ fn assert_stable(c: &Cluster, primary: usize, epoch: u64, dur: Duration, what: &
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
+#[ignore = "intermittent: a primary's redis restarted after kill -9 can miss writes WAIT 1 acknowledged (AOF writes postponed while a background fsync runs), and replicas resync from it; see issue 3 notes"]
 fn a_crashed_redis_on_the_primary_is_repaired_without_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
     let p = c.primary().unwrap();
@@ -135,7 +133,6 @@ fn a_crashed_redis_on_the_primary_is_repaired_without_failover() {
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
 fn a_dead_agent_takes_its_redis_down_and_triggers_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
     let old = c.primary().unwrap();
@@ -153,7 +150,6 @@ fn a_dead_agent_takes_its_redis_down_and_triggers_failover() {
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
 fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
     let c = Arc::new(Cluster::start("premium").unwrap());
     let old = c.primary().unwrap();
@@ -212,7 +208,6 @@ fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
 fn losing_one_replica_changes_nothing() {
     let c = Arc::new(Cluster::start("premium").unwrap());
     let p = c.primary().unwrap();
@@ -238,7 +233,6 @@ fn losing_one_replica_changes_nothing() {
 }
 
 #[test]
-#[ignore = "HA election livelocks on a live cluster since the epoch-scoped replication rules; see issue 3 notes"]
 fn thirty_percent_packet_loss_causes_no_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
     let p = c.primary().unwrap();

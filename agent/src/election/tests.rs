@@ -981,6 +981,7 @@ fn scenario_a_fresh_cluster_elects_one_primary_despite_slow_gossip() {
     let slow = Timing {
         fence_after_ms: 900,
         failover_timeout_ms: 1_300,
+        lease_ttl_ms: 1_300,
         ..timing()
     };
     for (seed, t, delay) in (0..20).flat_map(|s| [(s, timing(), (50, 150)), (s, slow, (150, 300))])
