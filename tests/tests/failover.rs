@@ -256,3 +256,74 @@ fn thirty_percent_packet_loss_causes_no_failover() {
     let report = checkers.finish();
     settle_and_check(&c, &report);
 }
+
+#[test]
+fn forged_gossip_during_a_failover_is_ignored() {
+    use std::net::UdpSocket;
+    let c = Arc::new(Cluster::start("premium").unwrap());
+    let old = c.primary().unwrap();
+    let epoch = c.epoch(old).unwrap();
+    let client = c.bed.hosts().len() - 1;
+    let targets: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "{}:{}",
+                c.bed.host(i).ip,
+                steward_testbed::cluster::GOSSIP_PORT
+            )
+        })
+        .collect();
+    // A forger on the client host: junk, and datagrams that look like ours (magic, version,
+    // a plausible header) but were not sealed with the data store's key.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forger = {
+        let (c, stop, targets) = (c.clone(), stop.clone(), targets.clone());
+        std::thread::spawn(move || {
+            c.bed.host(client).run_in(|| {
+                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let mut n = 0u64;
+                // Bounded: at most 30 s or 20,000 datagrams.
+                let end = std::time::Instant::now() + Duration::from_secs(30);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < end
+                    && n < 20_000
+                {
+                    let mut d = b"RSGP\x01\x00\x00\x00\x01".to_vec();
+                    d.extend_from_slice(&n.to_be_bytes());
+                    d.extend_from_slice(&n.to_be_bytes());
+                    d.extend_from_slice(&0u64.to_be_bytes());
+                    d.extend_from_slice(&[0xAB; 64]);
+                    for t in &targets {
+                        let _ = sock.send_to(if n.is_multiple_of(2) { &d } else { b"junk" }, t);
+                    }
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+    };
+    c.bed.kill_all(old).unwrap();
+    let new = c.wait_new_primary(old, Duration::from_secs(30)).unwrap();
+    assert!(c.epoch(new).unwrap() > epoch);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    forger.join().unwrap();
+    let metrics = c.nodes[new].api_get("/metrics").unwrap();
+    let count = |reason: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "redis_steward_gossip_dropped{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("authentication") > 0 && count("malformed") > 0,
+        "{metrics}"
+    );
+    // Exactly one primary, and the cluster still works.
+    assert_eq!(c.primary(), Some(new));
+    assert_eq!(c.cli(new, &["SET", "after", "1"]), "OK");
+}
