@@ -327,3 +327,31 @@ fn forged_gossip_during_a_failover_is_ignored() {
     assert_eq!(c.primary(), Some(new));
     assert_eq!(c.cli(new, &["SET", "after", "1"]), "OK");
 }
+
+#[test]
+fn cutting_only_the_link_between_two_business_nodes_promotes_nobody() {
+    let c = Arc::new(Cluster::start("business").unwrap());
+    let p = c.primary().unwrap();
+    let epoch = c.epoch(p).unwrap();
+    let standby = 1 - p;
+    c.bed.cut_link(0, 1).unwrap();
+    // Both still reach the lease bucket (a shared folder): the primary keeps renewing, so the
+    // standby sees the heartbeat move and must not take over.
+    assert_stable(
+        &c,
+        p,
+        epoch,
+        Duration::from_secs(6),
+        "with the link between the nodes cut",
+    );
+    assert_ne!(c.nodes[standby].status().unwrap()["role"], "primary");
+    c.bed.heal_link(0, 1).unwrap();
+    assert_stable(
+        &c,
+        p,
+        epoch,
+        Duration::from_secs(2),
+        "after healing the link",
+    );
+    assert!(c.writable_primaries().len() == 1);
+}
