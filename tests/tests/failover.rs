@@ -88,6 +88,12 @@ fn business_survives_the_primary_node_dying() {
 fn assert_stable(c: &Cluster, primary: usize, epoch: u64, dur: Duration, what: &str) {
     let end = std::time::Instant::now() + dur;
     while std::time::Instant::now() < end {
+        let writable = c.writable_primaries();
+        assert!(
+            writable.iter().all(|&w| w == primary),
+            "{what}: writable primaries {writable:?}; logs:\n{}",
+            c.logs()
+        );
         if let Some(p) = c.primary() {
             assert_eq!(
                 p,
