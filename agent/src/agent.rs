@@ -179,7 +179,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         redis: sup.state.clone(),
         metrics: metrics.clone(),
         started,
-        ha: ha.as_ref().map(|h| h.status.clone()),
+        ha: ha.as_ref().map(|h| h.state.clone()),
         gossip_counters,
     });
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -198,7 +198,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         port = cfg.redis.port, api = %cfg.api.listen, "agent started"
     );
 
-    main_loop(sup.state.clone(), ha.as_ref().map(|h| h.status.clone())).await?;
+    main_loop(sup.state.clone(), ha.as_ref().map(|h| h.state.clone())).await?;
 
     info!("shutting down");
     Notifier::from_env().stopping();

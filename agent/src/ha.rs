@@ -77,21 +77,8 @@ pub struct MemberStatus {
     pub last_heard_ms: Option<u64>,
 }
 
-pub struct HaHandle {
-    pub status: watch::Receiver<HaStatus>,
-    shutdown: mpsc::Sender<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HaHandle {
-    pub async fn shutdown(self) {
-        let (tx, rx) = oneshot::channel();
-        if self.shutdown.send(tx).await.is_ok() {
-            let _ = rx.await;
-        }
-        let _ = self.task.await;
-    }
-}
+/// The HA loop's handle: `state` is its `HaStatus`.
+pub type HaHandle = crate::actor::ActorHandle<HaStatus>;
 
 /// Load the durable election state; a missing file is a first start.
 pub fn load_durable(path: &std::path::Path) -> Result<Durable> {
@@ -121,29 +108,27 @@ pub fn spawn(
     let start = Instant::now();
     let node =
         election::Node::new(cfg.election.clone(), durable, 0).context("election settings")?;
-    let (status_tx, status_rx) = watch::channel(HaStatus::default());
-    let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
     let (lease_tx, lease_rx) = mpsc::channel(16);
     let tick = Duration::from_millis(cfg.election.timing.tick_ms);
-    let mut shell = Shell {
-        cfg,
-        node,
-        gossip,
-        start,
-        admin: None,
-        desired: Desired::default(),
-        applied_pid: None,
-        redis_healthy: false,
-        lease_tx,
-        status: status_tx,
-        heard: BTreeMap::new(),
-    };
-    let task = tokio::spawn(async move { shell.run(redis, lease_rx, shutdown_rx, tick).await });
-    Ok(HaHandle {
-        status: status_rx,
-        shutdown: shutdown_tx,
-        task,
-    })
+    Ok(crate::actor::ActorHandle::spawn(
+        HaStatus::default(),
+        move |status, shutdown| async move {
+            let mut shell = Shell {
+                cfg,
+                node,
+                gossip,
+                start,
+                admin: None,
+                desired: Desired::default(),
+                applied_pid: None,
+                redis_healthy: false,
+                lease_tx,
+                status,
+                heard: BTreeMap::new(),
+            };
+            shell.run(redis, lease_rx, shutdown, tick).await
+        },
+    ))
 }
 
 /// What redis should look like, so it can be re-applied after a redis restart.

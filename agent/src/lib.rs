@@ -1,5 +1,6 @@
 //! redis-steward: the node agent of a managed Redis service. See ARCHITECTURE.md.
 
+pub mod actor;
 pub mod agent;
 pub mod api;
 pub mod cli;

@@ -124,44 +124,23 @@ pub struct SupervisorConfig {
     pub admin_password: String,
 }
 
-pub struct SupervisorHandle {
-    pub state: watch::Receiver<RedisState>,
-    shutdown: mpsc::Sender<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl SupervisorHandle {
-    /// Stop redis cleanly and wait until it has exited.
-    pub async fn shutdown(self) {
-        let (tx, rx) = oneshot::channel();
-        if self.shutdown.send(tx).await.is_ok() {
-            let _ = rx.await;
-        }
-        let _ = self.task.await;
-    }
-}
+/// The supervisor's handle: `state` to watch, `shutdown()` stops redis cleanly and waits.
+pub type SupervisorHandle = crate::actor::ActorHandle<RedisState>;
 
 pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
-    let (state_tx, state_rx) = watch::channel(RedisState::new());
-    let (shutdown_tx, shutdown_rx) = mpsc::channel(1);
     let launcher = Launcher::start();
-    let task = tokio::spawn(async move {
+    crate::actor::ActorHandle::spawn(RedisState::new(), move |state, shutdown| async move {
         Supervisor {
             cfg,
-            state: state_tx,
+            state,
             metrics,
             backoff: Backoff::default(),
             launcher,
             admin: None,
         }
-        .run(shutdown_rx)
+        .run(shutdown)
         .await
-    });
-    SupervisorHandle {
-        state: state_rx,
-        shutdown: shutdown_tx,
-        task,
-    }
+    })
 }
 
 struct Supervisor {

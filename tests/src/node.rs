@@ -319,6 +319,15 @@ impl Agent {
     }
 
     pub fn cli_as(&self, password: Option<&str>, args: &[&str]) -> Output {
+        let mut c = self.redis_cli_command(password);
+        c.args(args)
+            .output()
+            .expect("cannot run redis-cli (apt-get install redis-tools)")
+    }
+
+    /// The real redis-cli, over TLS to this node, as the customer when `password` is given;
+    /// add arguments (or feed stdin) and run it.
+    pub fn redis_cli_command(&self, password: Option<&str>) -> Command {
         let mut c = Command::new("redis-cli");
         c.args(["--tls", "--cacert"]).arg(self.ca_file()).args([
             "-h",
@@ -330,9 +339,7 @@ impl Agent {
         if let Some(p) = password {
             c.args(["-a", p]);
         }
-        c.args(args)
-            .output()
-            .expect("cannot run redis-cli (apt-get install redis-tools)")
+        c
     }
 
     /// redis-cli's stdout for a customer command, trimmed.

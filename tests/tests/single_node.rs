@@ -61,18 +61,8 @@ fn customers_reach_redis_over_tls_only_with_everyday_commands() {
     assert!(info.contains("redis_version:7."), "{info}");
 
     // MULTI/EXEC in one connection.
-    let mut c = Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(a.ca_file())
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &a.spec.port.to_string(),
-            "--no-auth-warning",
-            "-a",
-            PASSWORD,
-        ])
+    let mut c = a
+        .redis_cli_command(Some(PASSWORD))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -90,18 +80,8 @@ fn customers_reach_redis_over_tls_only_with_everyday_commands() {
     );
 
     // Pub/sub: a subscriber receives a message published by another client.
-    let mut sub = Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(a.ca_file())
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &a.spec.port.to_string(),
-            "--no-auth-warning",
-            "-a",
-            PASSWORD,
-        ])
+    let mut sub = a
+        .redis_cli_command(Some(PASSWORD))
         .args(["SUBSCRIBE", "news"])
         .stdout(Stdio::piped())
         .spawn()
