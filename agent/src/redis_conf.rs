@@ -134,7 +134,17 @@ pub fn render_redis_conf(s: &RedisSettings<'_>) -> String {
     line("appendonly", "yes");
     line("appendfilename", &quote(AOF_FILE_NAME));
     line("appenddirname", &quote(AOF_DIR_NAME));
-    line("appendfsync", "everysec");
+    // One node: fsync every second (a machine crash loses at most about that). HA: never let
+    // redis postpone AOF writes. With `everysec` redis defers write(2) of the AOF for up to
+    // 2 s while a background fsync runs, yet still answers clients, so a redis *process*
+    // crash can lose writes WAIT already acknowledged, and the replicas would resync to that
+    // shorter history. `no` writes before every reply (a process crash loses nothing) and
+    // leaves flushing to the kernel; a machine crash is covered by failing over to the
+    // replicas, which hold every acknowledged write.
+    line(
+        "appendfsync",
+        if s.highly_available { "no" } else { "everysec" },
+    );
     line("aof-use-rdb-preamble", "yes");
     // Timestamp annotations let a restore stop at a given second.
     line("aof-timestamp-enabled", "yes");
@@ -278,6 +288,7 @@ mod tests {
         let d = directives(&conf);
         assert_eq!(get(&d, "replicaof"), "127.0.0.1 1");
         assert_eq!(get(&d, "masteruser"), REPLICATION_USER);
+        assert_eq!(get(&d, "appendfsync"), "no");
         assert!(!directives(&settings_conf(&layout))
             .iter()
             .any(|(k, _)| k == "replicaof"));

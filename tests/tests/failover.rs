@@ -113,7 +113,6 @@ fn assert_stable(c: &Cluster, primary: usize, epoch: u64, dur: Duration, what: &
 }
 
 #[test]
-#[ignore = "intermittent: a primary's redis restarted after kill -9 can miss writes WAIT 1 acknowledged (AOF writes postponed while a background fsync runs), and replicas resync from it; see issue 3 notes"]
 fn a_crashed_redis_on_the_primary_is_repaired_without_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
     let p = c.primary().unwrap();
