@@ -663,7 +663,8 @@ fn role_name(s: &PublishedState) -> String {
     }
 }
 
-enum LeaseOp {
+/// One lease request, as the election asks for it (public for the store conformance tests).
+pub enum LeaseOp {
     Poll { from_epoch: u64, asked_at: u64 },
     Acquire { epoch: u64 },
     Renew { epoch: u64, heartbeat: u64 },
@@ -678,7 +679,7 @@ fn heartbeat_path(epoch: u64) -> String {
 }
 
 /// The lease protocol over the store's five calls (see `election::Action` for the contract).
-async fn lease_op(store: &Store, me: &str, op: LeaseOp) -> Result<LeaseResult> {
+pub async fn lease_op(store: &Store, me: &str, op: LeaseOp) -> Result<LeaseResult> {
     Ok(match op {
         LeaseOp::Poll {
             from_epoch,
