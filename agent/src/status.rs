@@ -41,6 +41,10 @@ pub struct RedisStatus {
     pub maxclients: Option<u64>,
     pub aof_enabled: Option<bool>,
     pub aof_last_write_ok: Option<bool>,
+    /// Replication as redis reports it: "primary, …" or "replica of HOST:PORT, link up/down",
+    /// with "FULL SYNC IN PROGRESS" while a resync runs.
+    #[serde(default)]
+    pub replication: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -136,6 +140,7 @@ pub fn build(
             maxclients: info.get_u64("maxclients"),
             aof_enabled: info.get("aof_enabled").map(|v| v == "1"),
             aof_last_write_ok: info.get("aof_last_write_status").map(|v| v == "ok"),
+            replication: replication_summary(info),
         },
         limits: LimitsStatus {
             memory_mb: st.memory.mb,
@@ -147,6 +152,30 @@ pub fn build(
         config: st.config.clone(),
         cluster,
         warnings,
+    }
+}
+
+/// One line about redis's own replication state.
+fn replication_summary(info: &crate::redis_client::Info) -> Option<String> {
+    match info.get("role")? {
+        "master" => Some(format!(
+            "primary, {} replica(s) connected, offset {}",
+            info.get_u64("connected_slaves").unwrap_or(0),
+            info.get_u64("master_repl_offset").unwrap_or(0)
+        )),
+        _ => {
+            let mut s = format!(
+                "replica of {}:{}, link {}, offset {}",
+                info.get("master_host").unwrap_or("?"),
+                info.get("master_port").unwrap_or("?"),
+                info.get("master_link_status").unwrap_or("?"),
+                info.get_u64("master_repl_offset").unwrap_or(0)
+            );
+            if info.get("master_sync_in_progress") == Some("1") {
+                s.push_str(", FULL SYNC IN PROGRESS");
+            }
+            Some(s)
+        }
     }
 }
 
@@ -237,6 +266,10 @@ pub fn render_table(s: &NodeStatus) -> String {
                 opt(&r.connected_clients),
                 opt(&r.maxclients)
             ),
+        ),
+        (
+            "replication",
+            r.replication.clone().unwrap_or_else(|| "-".into()),
         ),
         (
             "aof",
@@ -396,6 +429,27 @@ mod tests {
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
         assert!(s.warnings[0].contains("raise LimitNOFILE"));
         assert!(render_table(&s).contains("WARNING"));
+    }
+
+    #[test]
+    fn replication_state_is_summarised() {
+        let syncing = build(
+            &static_info(20000),
+            &running("role:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6380\r\nmaster_link_status:down\r\nmaster_sync_in_progress:1\r\nmaster_repl_offset:42\r\n"),
+            None,
+            1,
+        );
+        assert_eq!(
+            syncing.redis.replication.as_deref(),
+            Some("replica of 10.0.0.1:6380, link down, offset 42, FULL SYNC IN PROGRESS")
+        );
+        let primary = build(
+            &static_info(20000),
+            &running("role:master\r\nconnected_slaves:2\r\nmaster_repl_offset:7\r\n"),
+            None,
+            1,
+        );
+        assert!(render_table(&primary).contains("primary, 2 replica(s) connected, offset 7"));
     }
 
     #[test]
