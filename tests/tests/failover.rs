@@ -54,7 +54,8 @@ fn kill_primary_node(plan: &str) {
     c.nodes[old].wait_healthy(Duration::from_secs(30)).unwrap();
     assert!(
         checkers.wait_more_acks(50, Duration::from_secs(30)),
-        "no acknowledged writes after the old node rejoined"
+        "no acknowledged writes after the old node rejoined; logs:\n{}",
+        c.logs()
     );
     assert_eq!(c.primary(), Some(new), "the returning node took over");
     let report = checkers.finish();
