@@ -21,7 +21,6 @@ use crate::store::Store;
 use crate::supervisor::RedisState;
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -113,12 +112,14 @@ pub fn spawn(
     Ok(crate::actor::ActorHandle::spawn(
         HaStatus::default(),
         move |status, shutdown| async move {
+            let admin =
+                redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
             let mut shell = Shell {
                 cfg,
                 node,
                 gossip,
                 start,
-                admin: None,
+                admin,
                 desired: Desired::default(),
                 applied_pid: None,
                 redis_healthy: false,
@@ -158,7 +159,7 @@ struct Shell {
     node: election::Node,
     gossip: Gossip,
     start: Instant,
-    admin: Option<MultiplexedConnection>,
+    admin: redis_client::AdminLink,
     desired: Desired,
     /// The redis pid the desired state was last applied to.
     applied_pid: Option<u32>,
@@ -217,7 +218,7 @@ impl Shell {
         if state.healthy && state.pid.is_some() && state.pid != self.applied_pid {
             // A (re)started redis: it came up as a read-only replica; put back what the
             // election asked for.
-            self.admin = None;
+            self.admin.reset();
             self.applied_pid = state.pid;
             if let Err(e) = self.apply_desired().await {
                 warn!("cannot restore redis's role after its restart: {e:#}");
@@ -612,22 +613,7 @@ impl Shell {
 
     /// Run one command on redis as the admin user, reconnecting after a failure.
     async fn admin_query<T: redis::FromRedisValue>(&mut self, cmd: &mut redis::Cmd) -> Result<T> {
-        if self.admin.is_none() {
-            self.admin = Some(
-                redis_client::connect_admin(
-                    &self.cfg.socket,
-                    &self.cfg.admin_user,
-                    &self.cfg.admin_password,
-                )
-                .await?,
-            );
-        }
-        let conn = self.admin.as_mut().expect("connected above");
-        let r: redis::RedisResult<T> = cmd.query_async(conn).await;
-        r.map_err(|e| {
-            self.admin = None;
-            anyhow::Error::from(e).context("admin command failed")
-        })
+        self.admin.query(cmd).await
     }
 
     async fn admin_cmd(&mut self, cmd: &mut redis::Cmd) -> Result<()> {

@@ -5,7 +5,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +31,46 @@ pub async fn connect_admin(
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
         .with_context(|| format!("cannot connect to redis at {}", socket.display()))
+}
+
+/// A lazily (re)connected admin connection: connects on first use and after any failure.
+pub struct AdminLink {
+    socket: PathBuf,
+    user: String,
+    password: String,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl AdminLink {
+    pub fn new(socket: &Path, user: &str, password: &str) -> AdminLink {
+        AdminLink {
+            socket: socket.to_path_buf(),
+            user: user.to_string(),
+            password: password.to_string(),
+            conn: None,
+        }
+    }
+
+    /// Forget the connection (redis restarted, or a command failed).
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    pub async fn connection(&mut self) -> Result<&mut MultiplexedConnection> {
+        if self.conn.is_none() {
+            self.conn = Some(connect_admin(&self.socket, &self.user, &self.password).await?);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Run one command; a failure drops the connection so the next call reconnects.
+    pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T> {
+        let r: redis::RedisResult<T> = cmd.query_async(self.connection().await?).await;
+        r.map_err(|e| {
+            self.reset();
+            anyhow::Error::from(e).context("admin command failed")
+        })
+    }
 }
 
 /// Parsed `INFO` output: `section -> key -> value`, keys as Redis prints them.

@@ -7,7 +7,6 @@
 use crate::metrics::Metrics;
 use crate::redis_client::{self, Info};
 use anyhow::{Context, Result};
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -130,13 +129,14 @@ pub type SupervisorHandle = crate::actor::ActorHandle<RedisState>;
 pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
     let launcher = Launcher::start();
     crate::actor::ActorHandle::spawn(RedisState::new(), move |state, shutdown| async move {
+        let admin = redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
         Supervisor {
             cfg,
             state,
             metrics,
             backoff: Backoff::default(),
             launcher,
-            admin: None,
+            admin,
         }
         .run(shutdown)
         .await
@@ -149,7 +149,7 @@ struct Supervisor {
     metrics: Arc<Metrics>,
     backoff: Backoff,
     launcher: Launcher,
-    admin: Option<MultiplexedConnection>,
+    admin: redis_client::AdminLink,
 }
 
 enum Exit {
@@ -232,7 +232,7 @@ impl Supervisor {
     }
 
     async fn start(&mut self) -> Result<Child> {
-        self.admin = None;
+        self.admin.reset();
         let mut cmd = Command::new(&self.cfg.redis_server);
         cmd.arg(&self.cfg.redis_conf)
             .stdin(Stdio::null())
@@ -339,7 +339,7 @@ impl Supervisor {
                 });
             }
             Err(e) => {
-                self.admin = None;
+                self.admin.reset();
                 if was_healthy {
                     warn!("redis stopped answering: {e:#}");
                 } else {
@@ -356,18 +356,7 @@ impl Supervisor {
     }
 
     async fn try_probe(&mut self) -> Result<Info> {
-        if self.admin.is_none() {
-            self.admin = Some(
-                redis_client::connect_admin(
-                    &self.cfg.socket,
-                    &self.cfg.admin_user,
-                    &self.cfg.admin_password,
-                )
-                .await?,
-            );
-        }
-        let conn = self.admin.as_mut().expect("set above");
-        redis_client::info(conn).await
+        redis_client::info(self.admin.connection().await?).await
     }
 
     /// Clean stop: SHUTDOWN (redis fsyncs the AOF and waits for replicas), then signals as a
@@ -375,21 +364,11 @@ impl Supervisor {
     async fn stop(&mut self, mut child: Child) {
         self.state.send_modify(|s| s.phase = Phase::Stopping);
         info!("stopping redis-server");
-        let conn = match self.admin.take() {
-            Some(c) => Ok(c),
-            None => {
-                redis_client::connect_admin(
-                    &self.cfg.socket,
-                    &self.cfg.admin_user,
-                    &self.cfg.admin_password,
-                )
-                .await
-            }
-        };
+        let conn = self.admin.connection().await;
         match conn {
-            Ok(mut c) => {
+            Ok(c) => {
                 // The connection drops as redis exits, so an I/O error here is the good case.
-                let r: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(&mut c).await;
+                let r: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(c).await;
                 if let Err(e) = r {
                     if !e.is_io_error() && !e.is_connection_dropped() && !e.is_unrecoverable_error()
                     {
