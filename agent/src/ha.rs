@@ -649,8 +649,7 @@ fn role_name(s: &PublishedState) -> String {
     }
 }
 
-/// One lease request, as the election asks for it (public for the store conformance tests).
-pub enum LeaseOp {
+enum LeaseOp {
     Poll { from_epoch: u64, asked_at: u64 },
     Acquire { epoch: u64 },
     Renew { epoch: u64, heartbeat: u64 },
@@ -665,7 +664,7 @@ fn heartbeat_path(epoch: u64) -> String {
 }
 
 /// The lease protocol over the store's five calls (see `election::Action` for the contract).
-pub async fn lease_op(store: &Store, me: &str, op: LeaseOp) -> Result<LeaseResult> {
+async fn lease_op(store: &Store, me: &str, op: LeaseOp) -> Result<LeaseResult> {
     Ok(match op {
         LeaseOp::Poll {
             from_epoch,
@@ -734,25 +733,26 @@ pub async fn lease_op(store: &Store, me: &str, op: LeaseOp) -> Result<LeaseResul
     })
 }
 
-#[cfg(test)]
-mod tests {
+/// The two-node lease protocol as executable checks, run against every store backend the
+/// tests can start (memory, local folder, an S3-compatible server).
+pub mod lease_contract {
     use super::*;
 
-    #[tokio::test]
-    async fn lease_protocol_over_a_store() {
-        let s = Store::in_memory();
-        let poll = |from| {
-            lease_op(
-                &s,
-                "a",
+    /// Two nodes race for epoch 1: exactly one wins; renewals show in polls; the loser takes
+    /// epoch 2 and the old holder's next renewal learns it lost. Panics on a breach.
+    pub async fn check(store: &Store) {
+        let op = |me: &'static str, op| async move { lease_op(store, me, op).await.unwrap() };
+        let poll = |from_epoch| {
+            op(
+                "node-b",
                 LeaseOp::Poll {
-                    from_epoch: from,
+                    from_epoch,
                     asked_at: 7,
                 },
             )
         };
         assert_eq!(
-            poll(0).await.unwrap(),
+            poll(0).await,
             LeaseResult::Heartbeat {
                 asked_at: 7,
                 epoch: 0,
@@ -760,78 +760,85 @@ mod tests {
                 heartbeat: None
             }
         );
-        assert_eq!(
-            lease_op(&s, "a", LeaseOp::Acquire { epoch: 1 })
-                .await
-                .unwrap(),
-            LeaseResult::Acquired { epoch: 1 }
+        let (a, b) = tokio::join!(
+            op("node-a", LeaseOp::Acquire { epoch: 1 }),
+            op("node-b", LeaseOp::Acquire { epoch: 1 })
         );
+        let (winner, loser, lost) = match (&a, &b) {
+            (LeaseResult::Acquired { epoch: 1 }, _) => ("node-a", "node-b", b),
+            (_, LeaseResult::Acquired { epoch: 1 }) => ("node-b", "node-a", a),
+            _ => panic!("nobody won epoch 1: {a:?} {b:?}"),
+        };
         assert_eq!(
-            lease_op(&s, "b", LeaseOp::Acquire { epoch: 1 })
-                .await
-                .unwrap(),
+            lost,
             LeaseResult::AlreadyTaken {
                 epoch: 1,
-                holder: NodeId::new("a")
+                holder: NodeId::new(winner)
             }
         );
         assert_eq!(
-            lease_op(
-                &s,
-                "a",
+            op(
+                winner,
                 LeaseOp::Renew {
                     epoch: 1,
                     heartbeat: 42
                 }
             )
-            .await
-            .unwrap(),
+            .await,
             LeaseResult::Renewed {
                 epoch: 1,
                 heartbeat: 42
             }
         );
         assert_eq!(
-            poll(0).await.unwrap(),
+            poll(0).await,
             LeaseResult::Heartbeat {
                 asked_at: 7,
                 epoch: 1,
-                holder: Some(NodeId::new("a")),
+                holder: Some(NodeId::new(winner)),
                 heartbeat: Some(42)
             }
         );
-        // b takes epoch 2: a's next renewal learns it lost.
         assert_eq!(
-            lease_op(&s, "b", LeaseOp::Acquire { epoch: 2 })
-                .await
-                .unwrap(),
+            op(loser, LeaseOp::Acquire { epoch: 2 }).await,
             LeaseResult::Acquired { epoch: 2 }
         );
         assert_eq!(
-            lease_op(
-                &s,
-                "a",
+            op(
+                winner,
                 LeaseOp::Renew {
                     epoch: 1,
                     heartbeat: 43
                 }
             )
-            .await
-            .unwrap(),
+            .await,
             LeaseResult::AlreadyTaken {
                 epoch: 2,
-                holder: NodeId::new("b")
+                holder: NodeId::new(loser)
             }
         );
         assert_eq!(
-            poll(1).await.unwrap(),
+            poll(1).await,
             LeaseResult::Heartbeat {
                 asked_at: 7,
                 epoch: 2,
-                holder: Some(NodeId::new("b")),
+                holder: Some(NodeId::new(loser)),
                 heartbeat: None
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lease_protocol_on_memory_and_local_folder() {
+        lease_contract::check(&Store::in_memory()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/bucket", dir.path().display());
+        lease_contract::check(&Store::open(&url, &Default::default()).unwrap()).await;
     }
 
     #[test]
