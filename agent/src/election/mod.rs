@@ -304,6 +304,20 @@ pub struct PublishedState {
     pub vote: Option<Vote>,
     pub campaign: Option<Campaign>,
     pub ack: Option<Ack>,
+    /// A primary handing over to another node (planned switchover): it has stopped taking
+    /// writes for good in its epoch, and its data ends at `position`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// "I, the primary of my epoch, have paused writes for good; my data ends at `position`;
+/// `to` should take over." Voters that acknowledge this primary vote for `to` at once when
+/// its campaign shows at least `position`, and `to` campaigns (or takes the lease) as soon as
+/// its data reaches it — no failover timeout to wait, since the old primary is already fenced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub to: NodeId,
+    pub position: Position,
 }
 
 /// What gossip says about another voter.

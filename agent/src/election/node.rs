@@ -3,8 +3,8 @@
 
 use super::config::{Config, ElectionConfigError, Timing};
 use super::{
-    Ack, Action, Campaign, Decision, Durable, Event, LeaseResult, NodeId, PeerView, Position,
-    PublishedState, Role, Vote,
+    Ack, Action, Campaign, Decision, Durable, Event, Handoff, LeaseResult, NodeId, PeerView,
+    Position, PublishedState, Role, Vote,
 };
 use std::collections::BTreeMap;
 
@@ -159,7 +159,26 @@ pub struct Node {
     timeouts: u32,
     defer_since: Option<u64>,
     lease: LeaseTrack,
+    /// A planned switchover this primary is carrying out.
+    switchover: Option<Switchover>,
+    /// The newest epoch this node handed over (or tried to): it never takes writes in it again.
+    handed_over: u64,
 }
+
+/// A switchover in progress on the primary.
+#[derive(Debug, Clone)]
+struct Switchover {
+    to: NodeId,
+    started_at: u64,
+    /// Our offset from the first probe after writes were paused; published from then on.
+    frozen: Option<u64>,
+}
+
+/// A switchover target may be this far behind the primary when asked (it must then catch up
+/// within [`SWITCHOVER_TIMEOUT_MS`] while writes are paused).
+pub const SWITCHOVER_MAX_LAG_BYTES: u64 = 64 << 20;
+/// How long writes stay paused waiting for the target before the switchover is abandoned.
+pub const SWITCHOVER_TIMEOUT_MS: u64 = 5_000;
 
 impl Node {
     /// A node (re)starting at `now_ms` with what it persisted before. Its redis may still be a
@@ -201,6 +220,8 @@ impl Node {
                 changed_at: now_ms,
                 ..LeaseTrack::default()
             },
+            switchover: None,
+            handed_over: 0,
         })
     }
 
@@ -253,6 +274,121 @@ impl Node {
         self.primary.map(|p| p.epoch)
     }
 
+    /// A planned switchover, asked of the primary at `now_ms`: hand over to `to` (or to the
+    /// best replica). On success writes are paused at once and for good in this epoch; the
+    /// target takes over as soon as it holds everything (see [`Handoff`]). If it has not
+    /// within [`SWITCHOVER_TIMEOUT_MS`], this node runs for a new epoch itself. Refused, with
+    /// the reason, when this node is not the writable primary or no suitable target exists.
+    pub fn switchover(&mut self, now_ms: u64, to: Option<NodeId>) -> Result<Decision, String> {
+        self.now = self.now.max(now_ms);
+        let Some(p) = self.primary else {
+            return Err("this node is not the primary".into());
+        };
+        if self.mode == Mode::Single {
+            return Err("a one-node data store has no other node to hand over to".into());
+        }
+        if let Some(sw) = &self.switchover {
+            return Err(format!("a switchover to {} is already under way", sw.to));
+        }
+        if !self.is_writable() {
+            return Err(format!(
+                "this primary is fenced (epoch {}); try again when it takes writes",
+                p.epoch
+            ));
+        }
+        if let Some(t) = &to {
+            if *t == self.me {
+                return Err(format!("{t} is already the primary"));
+            }
+            if !self.voters.contains(t) {
+                return Err(format!("{t} is not a node of this data store"));
+            }
+        }
+        let mut best: Option<(&NodeId, Position)> = None;
+        let mut refusals = Vec::new();
+        for (id, peer) in &self.peers {
+            if to.as_ref().is_some_and(|t| t != id) {
+                continue;
+            }
+            match self.switchover_refusal(id, peer, p.epoch) {
+                Some(why) => refusals.push(format!("{id} {why}")),
+                None => {
+                    let pos = peer.state.as_ref().map(|s| s.position).unwrap_or_default();
+                    if best.is_none_or(|(_, b)| pos > b) {
+                        best = Some((id, pos));
+                    }
+                }
+            }
+        }
+        let Some((target, _)) = best else {
+            return Err(if refusals.is_empty() {
+                format!(
+                    "{} has not been heard from",
+                    to.map_or("no replica".into(), |t| t.to_string())
+                )
+            } else {
+                refusals.join("; ")
+            });
+        };
+        let target = target.clone();
+        let mut out = Out::default();
+        self.switchover = Some(Switchover {
+            to: target.clone(),
+            started_at: self.now,
+            frozen: None,
+        });
+        self.handed_over = self.handed_over.max(p.epoch);
+        self.set_fenced(true, &mut out);
+        out.note(format!(
+            "switchover to {target}: writes paused; handing over as soon as it holds all my data"
+        ));
+        out.act(Action::Publish(self.published()));
+        Ok(Decision {
+            actions: out.actions,
+            reason: out.notes.join("; "),
+            changed: true,
+        })
+    }
+
+    /// Why `peer` cannot take over from us (primary of `epoch`) now, if it cannot.
+    fn switchover_refusal(&self, id: &NodeId, peer: &Peer, epoch: u64) -> Option<String> {
+        let Some(state) = peer.state.as_ref() else {
+            return Some("has not been heard from".into());
+        };
+        let heard = peer.heard_at.map(|t| self.now - t);
+        if !peer.alive || heard.is_none_or(|h| h >= self.t.failover_timeout_ms) {
+            return Some(format!(
+                "is not reachable (last heard {})",
+                heard.map_or("never".into(), |h| format!("{h} ms ago"))
+            ));
+        }
+        if !state.redis_healthy {
+            return Some("has an unhealthy redis".into());
+        }
+        if state.role != Role::Replica
+            || state.primary.as_ref() != Some(&self.me)
+            || state.epoch != epoch
+        {
+            return Some(format!("is not replicating from me in epoch {epoch}"));
+        }
+        if self.redis.upstream.is_some() {
+            return Some("cannot be judged: my own redis still replicates".into());
+        }
+        let lag = self.redis.offset.saturating_sub(state.position.offset);
+        if state.position.epoch != self.durable.synced_epoch || lag > SWITCHOVER_MAX_LAG_BYTES {
+            return Some(format!(
+                "is too far behind ({lag} bytes; at most {SWITCHOVER_MAX_LAG_BYTES})"
+            ));
+        }
+        let _ = id;
+        None
+    }
+
+    /// The node a switchover under way hands over to.
+    pub fn switchover_target(&self) -> Option<&NodeId> {
+        self.switchover.as_ref().map(|s| &s.to)
+    }
+
     /// What this node would publish now.
     pub fn published(&self) -> PublishedState {
         let (role, epoch, primary) = match (self.primary, &self.following) {
@@ -275,7 +411,19 @@ impl Node {
                 position: c.position,
             }),
             ack: self.ack(),
+            handoff: self.handoff(),
         }
+    }
+
+    fn handoff(&self) -> Option<Handoff> {
+        let s = self.switchover.as_ref()?;
+        Some(Handoff {
+            to: s.to.clone(),
+            position: Position {
+                epoch: self.durable.synced_epoch,
+                offset: s.frozen?,
+            },
+        })
     }
 
     // ---- observing -------------------------------------------------------------------------
@@ -320,6 +468,16 @@ impl Node {
         if self.replication == Replication::Detaching && upstream.is_none() {
             self.replication = Replication::Detached;
             self.redis.stream = None;
+        }
+        // The first probe once a switchover's pause has surely taken effect (the shell has
+        // `action_latency_ms` to apply it): our data ends here.
+        let settled = self.now.saturating_sub(self.t.action_latency_ms);
+        if let Some(sw) = self
+            .switchover
+            .as_mut()
+            .filter(|sw| healthy && sw.started_at <= settled)
+        {
+            sw.frozen.get_or_insert(offset);
         }
         self.redis.probed = true;
         self.redis.healthy = healthy;
@@ -433,6 +591,7 @@ impl Node {
             self.track_leader();
             self.note_synced(out);
             self.check_demotion(out);
+            self.run_switchover(out);
             self.freeze(out);
             if self.mode == Mode::Quorum {
                 self.grant_vote(out);
@@ -603,8 +762,9 @@ impl Node {
             .map_or(0, |v| v.epoch)
             .max(self.highest_claim_epoch())
             .max(self.primary.map_or(0, |p| p.epoch));
-        // (candidate, its campaign, whether we replicate from it as the serving primary)
-        let mut best: Option<(&NodeId, Campaign, bool)> = None;
+        // (candidate, its campaign, whether we replicate from it as the serving primary,
+        // whether our primary hands over to it)
+        let mut best: Option<(&NodeId, Campaign, bool, bool)> = None;
         for (id, peer) in &self.peers {
             let (Some(state), Some(heard)) = (&peer.state, peer.heard_at) else {
                 continue;
@@ -614,24 +774,26 @@ impl Node {
             };
             let fresh = peer.alive && now - heard < self.t.failover_timeout_ms;
             let streaming = self.streams_from(id, state);
-            if c.epoch <= floor || !fresh || !(streaming || c.position >= mine) {
+            let handoff = self.handoff_to(id).is_some_and(|end| c.position >= end);
+            if c.epoch <= floor || !fresh || !(streaming || handoff || c.position >= mine) {
                 continue;
             }
             // Peers iterate by name, so on equal positions the lowest name wins.
-            if best.is_none_or(|(_, b, _)| c.position > b.position) {
-                best = Some((id, c, streaming));
+            if best.is_none_or(|(_, b, _, _)| c.position > b.position) {
+                best = Some((id, c, streaming, handoff));
             }
         }
-        let Some((id, c, streaming)) = best else {
+        let Some((id, c, streaming, handoff)) = best else {
             return;
         };
         let id = id.clone();
         // Unless our data is a prefix of the candidate's, it must not move while we compare.
-        if !streaming && !self.position_final() {
+        // (A handoff's end position bounds our data: it only ever follows that primary.)
+        if !streaming && !handoff && !self.position_final() {
             return;
         }
         let for_my_leader = self.leader.as_ref().is_some_and(|l| l.node == id);
-        if !for_my_leader && !self.primary_dead() {
+        if !for_my_leader && !handoff && !self.primary_dead() {
             return;
         }
         self.durable.vote = Some(Vote {
@@ -644,7 +806,9 @@ impl Node {
         } else {
             format!("its {} is at least my {mine}", c.position)
         };
-        let because = if for_my_leader {
+        let because = if handoff {
+            "the primary is handing over to it".to_string()
+        } else if for_my_leader {
             "it is the node I acknowledge".to_string()
         } else {
             format!("no primary heard for {} ms", now - self.evidence_at)
@@ -670,7 +834,16 @@ impl Node {
             self.catch_up(out);
             return;
         }
+        if self.switchover.is_some() {
+            return;
+        }
         let now = self.now;
+        if let Some((from, _)) = self.handed_to_me() {
+            if now >= self.next_campaign_at {
+                self.start_campaign(format!("{from} is handing over to me"), out);
+            }
+            return;
+        }
         if !self.position_final() || !self.redis.healthy || now < self.next_campaign_at {
             return;
         }
@@ -866,12 +1039,15 @@ impl Node {
         let Some(seen) = self.lease.seen.clone() else {
             return false;
         };
-        if !self.redis.healthy {
+        if !self.redis.healthy || self.switchover.is_some() {
             return false;
         }
+        let handed = self.handed_to_me();
         let base = match self.primary {
             // Our lease lapsed: take a fresh epoch at once, before the standby may.
             Some(p) => seen.epoch.max(p.epoch),
+            // The holder paused writes for good and asked us to take over.
+            None if handed.as_ref().is_some_and(|(_, e)| seen.epoch >= *e) => seen.epoch,
             None => {
                 // Never replicated anything while the other node may hold data: promoting
                 // would throw that data away.
@@ -914,6 +1090,12 @@ impl Node {
                 Some(p) => format!(
                     "my lease of epoch {} lapsed; acquiring epoch {epoch}",
                     p.epoch
+                ),
+                None if handed.is_some() => format!(
+                    "{} is handing over to me; acquiring epoch {epoch}",
+                    handed
+                        .as_ref()
+                        .map_or("the primary".into(), |(n, _)| n.to_string())
                 ),
                 None => format!(
                     "lease heartbeat unchanged for {} ms and no primary heard for {} ms; \
@@ -963,6 +1145,7 @@ impl Node {
         out.note(format!("demoting: {why}"));
         // A fenced master replicates from nobody: its data holds still until it follows.
         self.primary = None;
+        self.switchover = None;
         self.following = None;
         self.replication = Replication::Detached;
     }
@@ -1050,6 +1233,11 @@ impl Node {
         let Some(p) = self.primary else {
             return false;
         };
+        // A primary that handed over (or tried to) may already have been replaced without
+        // the usual failover wait: no writes in that epoch again.
+        if self.switchover.is_some() || p.epoch <= self.handed_over {
+            return false;
+        }
         match self.mode {
             Mode::Single => true,
             Mode::Lease if p.lease_valid_until > self.now => true,
@@ -1118,6 +1306,55 @@ impl Node {
                 .is_some_and(|s| s.role == Role::Primary && s.writable && s.redis_healthy)
                 && recent
         })
+    }
+
+    /// Where the data of a primary handing over to `candidate` ends: our own switchover, or
+    /// the one the primary we acknowledge announced (fenced, in the epoch we acknowledge).
+    fn handoff_to(&self, candidate: &NodeId) -> Option<Position> {
+        if let Some(h) = self.handoff() {
+            return (h.to == *candidate).then_some(h.position);
+        }
+        let l = self.leader.as_ref()?;
+        let s = self.peers.get(&l.node)?.state.as_ref()?;
+        let h = s.handoff.as_ref()?;
+        (s.role == Role::Primary && s.epoch == l.epoch && !s.writable && h.to == *candidate)
+            .then_some(h.position)
+    }
+
+    /// The primary we acknowledge is handing over to us and we hold all its data: (it, its
+    /// epoch).
+    fn handed_to_me(&self) -> Option<(NodeId, u64)> {
+        let l = self.leader.as_ref()?;
+        let end = self.handoff_to(&self.me)?;
+        (self.redis.healthy && self.primary.is_none() && self.position() >= end)
+            .then(|| (l.node.clone(), l.epoch))
+    }
+
+    /// Gives up a switchover that did not complete in time: this node stays fenced in its
+    /// epoch (the target may have been elected without the usual wait) and runs for a new
+    /// one at once.
+    fn run_switchover(&mut self, out: &mut Out) {
+        let Some(sw) = &self.switchover else {
+            return;
+        };
+        if self.now - sw.started_at < SWITCHOVER_TIMEOUT_MS {
+            return;
+        }
+        out.note(format!(
+            "switchover to {} did not complete within {SWITCHOVER_TIMEOUT_MS} ms; \
+             running for a new epoch myself",
+            sw.to
+        ));
+        self.switchover = None;
+        match self.mode {
+            Mode::Quorum if self.campaign.is_none() && self.redis.healthy => {
+                self.start_campaign("abandoned the switchover".into(), out)
+            }
+            Mode::Lease => {
+                self.try_acquire(out);
+            }
+            _ => {}
+        }
     }
 
     /// We have acknowledged no primary (nor been a writable one) for `failover_timeout_ms`.

@@ -137,6 +137,8 @@ enum FaultKind {
     StoreSlow,
     Lossy(u32),
     Slow(u32),
+    /// An operator asks the node (if primary) to hand over to node `.0` (or the best).
+    Switchover(Option<usize>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -246,6 +248,8 @@ pub(super) struct World {
     /// The newest acknowledged write (see the module docs).
     acked: Position,
     votes: Vec<VoteRecord>,
+    /// Accepted switchovers: (old primary, its epoch, its data when it paused writes, when).
+    handoffs: Vec<(usize, u64, Position, u64)>,
     violation: Option<String>,
     trace: Option<Vec<String>>,
 }
@@ -301,6 +305,7 @@ impl World {
             promotions: BTreeMap::new(),
             acked: Position::default(),
             votes: Vec::new(),
+            handoffs: Vec::new(),
             violation: None,
             trace: None,
         };
@@ -561,7 +566,13 @@ impl World {
             return;
         };
         let (history, offset) = (self.nodes[x].history, self.nodes[x].offset);
-        let lag = self.rng.random_range(0..=offset.min(30));
+        // Behind by a little while writes stream in; caught up once they stop (a fenced
+        // primary's stream drains).
+        let lag = if self.nodes[x].accepting {
+            self.rng.random_range(0..=offset.min(30))
+        } else {
+            0
+        };
         let s = &mut self.nodes[i];
         if s.history == history && s.offset <= offset {
             s.offset = s.offset.max(offset - lag);
@@ -780,6 +791,28 @@ impl World {
                 v.position
             ));
             return;
+        }
+        // A planned switchover loses nothing: a node promoted while the old primary still
+        // hands over, and sooner than an ordinary failover could have replaced that primary
+        // (a failover timeout after its voters last heard it), holds every write the old
+        // primary took. Later, a failover during the switchover keeps only acknowledged
+        // writes, like any other.
+        let grace = self.timing.failover_timeout_ms * US_PER_MS;
+        let handing_over = self.handoffs.iter().find(|(j, e, _, at)| {
+            *e < epoch
+                && self.now < at + grace
+                && self.nodes[*j].node.as_ref().is_some_and(|n| {
+                    n.switchover_target().is_some() && n.primary_epoch() == Some(*e)
+                })
+        });
+        if let Some((j, e, end, _)) = handing_over.copied() {
+            if mine < end {
+                let old = &self.nodes[j].id;
+                self.fail(format!(
+                    "{id} promoted in epoch {epoch} with {mine} while {old} (epoch {e}) hands over with {end}"
+                ));
+                return;
+            }
         }
         let latency = self.timing.action_latency_ms * US_PER_MS;
         for j in (0..self.nodes.len()).filter(|&j| j != i) {
@@ -1021,7 +1054,51 @@ impl World {
             }
             FaultKind::Lossy(p) => toggle(&mut self.loss_percent, p, begin),
             FaultKind::Slow(p) => toggle(&mut self.slow_percent, p, begin),
+            FaultKind::Switchover(to) if begin => {
+                let _ = self.switchover(target, to);
+            }
+            FaultKind::Switchover(_) => {}
         }
+    }
+
+    /// An operator's switchover request to node `i`; a refusal changes nothing.
+    pub fn switchover(&mut self, i: usize, to: Option<usize>) -> Result<(), String> {
+        if self.nodes[i].paused > 0 {
+            return Err("paused".into());
+        }
+        let local = self.nodes[i].clock.ms(self.now);
+        let to = to.map(|t| self.nodes[t].id.clone());
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return Err("down".into());
+        };
+        let decision = match node.switchover(local, to) {
+            Ok(d) => d,
+            Err(why) => {
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.push(format!(
+                        "{:>7} ms {}: switchover refused: {why}",
+                        self.now / US_PER_MS,
+                        self.nodes[i].id
+                    ));
+                }
+                return Err(why);
+            }
+        };
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push(format!(
+                "{:>7} ms {}: {}",
+                self.now / US_PER_MS,
+                self.nodes[i].id,
+                decision.reason
+            ));
+        }
+        for action in decision.actions {
+            self.apply(i, action);
+        }
+        self.update_accepting(i);
+        let s = &self.nodes[i];
+        self.handoffs.push((i, s.epoch, s.position(), self.now));
+        Ok(())
     }
 
     fn random_fault(&mut self, heal_ms: u64) -> Fault {
@@ -1035,7 +1112,7 @@ impl World {
             Target::Node(rng.random_range(0..n))
         };
         // Store faults only matter with two nodes; elsewhere their share goes to crashes.
-        let kind = match rng.random_range(0..11) {
+        let kind = match rng.random_range(0..13) {
             7 if n == 2 => FaultKind::StoreDown,
             8 if n == 2 => FaultKind::StoreSlow,
             0 | 1 | 7 | 8 => FaultKind::Crash,
@@ -1051,7 +1128,8 @@ impl World {
             5 => FaultKind::RedisDown,
             6 => FaultKind::Pause,
             9 => FaultKind::Lossy(rng.random_range(10..=60)),
-            _ => FaultKind::Slow(rng.random_range(5..=30)),
+            10 => FaultKind::Slow(rng.random_range(5..=30)),
+            _ => FaultKind::Switchover(rng.random_bool(0.7).then(|| rng.random_range(0..n))),
         };
         Fault {
             kind,

@@ -1005,3 +1005,73 @@ fn scenario_a_fresh_cluster_elects_one_primary_despite_slow_gossip() {
         assert_eq!(world.violation(), None);
     }
 }
+
+#[test]
+fn scenario_a_switchover_hands_over_quickly_and_loses_nothing() {
+    for (n, seed) in [(2, 20), (3, 21), (3, 22), (5, 23)] {
+        let (mut world, old) = bootstrapped(n, seed);
+        world.enable_trace();
+        let target = (old + 1) % n;
+        world.switchover(old, Some(target)).unwrap();
+        // No failover timeout to wait for: a pause, a probe, a gossip round trip and a vote
+        // (or the lease).
+        let (new, took) = world.run_until_writer(3_000).expect("a new primary");
+        assert_eq!(new, target, "{n} nodes:\n{}", world.trace());
+        assert!(took < 700, "{n} nodes: took {took} ms\n{}", world.trace());
+        world.run_for(2_000);
+        assert_eq!(world.writer(), Some(target), "the old primary follows");
+        assert_eq!(world.violation(), None);
+        // And back, this time to whichever node is best.
+        world.switchover(target, None).unwrap();
+        let (back, _) = world.run_until_writer(3_000).expect("a new primary");
+        assert_ne!(back, target);
+        world.run_for(1_000);
+        assert_eq!(world.violation(), None);
+    }
+}
+
+#[test]
+fn scenario_a_switchover_to_an_unreachable_node_is_abandoned_and_writes_resume() {
+    for (n, seed) in [(2, 24), (3, 25)] {
+        let (mut world, old) = bootstrapped(n, seed);
+        let target = (old + 1) % n;
+        let before = world.promotions();
+        // Cut right after the request: the target never learns of the handoff.
+        world.switchover(old, Some(target)).unwrap();
+        world.cut(old, target, true);
+        world.run_for(super::node::SWITCHOVER_TIMEOUT_MS + 3_000);
+        assert!(world.writer().is_some(), "{n} nodes: writes resumed");
+        assert!(world.promotions() > before);
+        world.cut(old, target, false);
+        world.run_for(2_000);
+        assert_eq!(world.violation(), None);
+    }
+}
+
+#[test]
+fn switchover_is_refused_with_a_reason() {
+    let (mut world, p) = bootstrapped(3, 26);
+    let other = (p + 1) % 3;
+    assert_eq!(
+        world.switchover(other, None).unwrap_err(),
+        "this node is not the primary"
+    );
+    assert!(world
+        .switchover(p, Some(p))
+        .unwrap_err()
+        .contains("is already the primary"));
+    world.isolate(other, true);
+    world.run_for(1_000);
+    let err = world.switchover(p, Some(other)).unwrap_err();
+    assert!(err.contains("is not reachable"), "{err}");
+    world.isolate(other, false);
+    world.run_for(1_000);
+    assert_eq!(world.writer(), Some(p), "a refusal changes nothing");
+    let mut single = new_node("n1", &["n1"]);
+    single.step(0, probe(0, None));
+    assert!(single
+        .switchover(1, None)
+        .unwrap_err()
+        .contains("no other node"));
+    assert_eq!(world.violation(), None);
+}
