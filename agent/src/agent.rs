@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// Fail before starting anything if the client port is already taken, with a message that
@@ -49,6 +50,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     check_port_free(&cfg.redis.bind, cfg.redis.port)?;
     let api_listener = api::bind(cfg.api.listen).await?;
 
+    let sentinel_listen: Vec<SocketAddr> = cfg
+        .redis
+        .bind
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, cfg.sentinel.port))
+        .collect();
+
     let secrets = secrets::load_or_create(&layout.secrets_file())?;
     let customer_password = cfg.redis.password.read()?;
 
@@ -69,7 +77,21 @@ pub async fn run(cfg: Config) -> Result<()> {
     if cfg.redis.bind.iter().any(|a| a.is_unspecified()) {
         cert_addrs.extend(tls::local_addresses());
     }
+    // The Sentinel port hands out the advertised address: clients verify it.
+    if let Some(c) = &cfg.cluster {
+        cert_addrs.push(c.advertise_address);
+    }
     let tls_files = tls::prepare(&cfg.tls, &layout, &cfg.node_name, &cert_addrs)?;
+    let sentinel_server =
+        crate::sentinel::SentinelServer::bind(crate::sentinel::SentinelSettings {
+            listen: sentinel_listen,
+            tls: crate::sentinel::server_tls_config(&tls_files.cert, &tls_files.key)
+                .context("TLS for the Sentinel port")?,
+            password: customer_password.clone(),
+            run_id: crate::discovery::run_id(&cfg.data_store_id, &cfg.node_name),
+        })
+        .await
+        .context("config key `sentinel.port`")?;
 
     // HA data stores share one key: it seals gossip and derives the replication password.
     let cluster_key = match &cfg.cluster {
@@ -113,7 +135,11 @@ pub async fn run(cfg: Config) -> Result<()> {
                 .iter()
                 .flat_map(|c| c.nodes.iter().map(|n| ipnet::IpNet::from(n.address)))
                 .collect();
-            fw.apply(&[cfg.redis.port], &cfg.access.allowed_cidrs, &peers)?;
+            fw.apply(
+                &[cfg.redis.port, cfg.sentinel.port],
+                &cfg.access.allowed_cidrs,
+                &peers,
+            )?;
             Some(fw)
         }
         FirewallBackend::Nftables => {
@@ -150,20 +176,26 @@ pub async fn run(cfg: Config) -> Result<()> {
         metrics.clone(),
     );
 
-    let (ha, gossip_counters) = match &cfg.cluster {
+    let hook = cfg
+        .hooks
+        .on_promote
+        .clone()
+        .map(|argv| crate::hook::spawn(argv, cfg.hooks.timeout));
+    let (ha, ha_commands, gossip_counters) = match &cfg.cluster {
         Some(c) => {
-            let (ha, counters) = start_ha(
+            let (ha, commands, counters) = start_ha(
                 &cfg,
                 c,
                 cluster_key.expect("loaded with the cluster"),
                 &layout,
                 &secrets,
                 &sup,
+                hook.clone(),
             )
             .await?;
-            (Some(ha), Some(counters))
+            (Some(ha), Some(commands), Some(counters))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
 
     let api_state = Arc::new(ApiState {
@@ -180,7 +212,25 @@ pub async fn run(cfg: Config) -> Result<()> {
         metrics: metrics.clone(),
         started,
         ha: ha.as_ref().map(|h| h.state.clone()),
+        ha_commands,
         gossip_counters,
+        hook_counters: hook.as_ref().map(|h| h.counters.clone()),
+    });
+    let (view_tx, view_rx) = watch::channel(crate::sentinel::SentinelView::default());
+    let view_task = tokio::spawn(feed_sentinel_view(
+        cfg.clone(),
+        sup.state.clone(),
+        ha.as_ref().map(|h| h.state.clone()),
+        view_tx,
+    ));
+    let (sentinel_stop_tx, sentinel_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sentinel_task = tokio::spawn(async move {
+        let stop = async {
+            let _ = sentinel_stop_rx.await;
+        };
+        if let Err(e) = sentinel_server.run(view_rx, stop).await {
+            warn!("Sentinel port stopped: {e:#}");
+        }
     });
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(async move {
@@ -213,8 +263,78 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let _ = api_stop_tx.send(());
     let _ = api_task.await;
+    let _ = sentinel_stop_tx.send(());
+    let _ = sentinel_task.await;
+    view_task.abort();
     info!("agent stopped");
     Ok(())
+}
+
+/// Keep the Sentinel port's view in step with the election (HA) or redis's health (one
+/// node). Stops when its sources do.
+async fn feed_sentinel_view(
+    cfg: Config,
+    mut redis: watch::Receiver<RedisState>,
+    ha: Option<watch::Receiver<crate::ha::HaStatus>>,
+    view: watch::Sender<crate::sentinel::SentinelView>,
+) {
+    use crate::discovery::{self, NodeAddrs};
+    match (ha, &cfg.cluster) {
+        (Some(mut ha), Some(c)) => {
+            let nodes: Vec<NodeAddrs> = c
+                .nodes
+                .iter()
+                .map(|n| NodeAddrs {
+                    name: n.name.clone(),
+                    ip: n.address,
+                    redis_port: n.redis_port,
+                    sentinel_port: n.sentinel_port,
+                })
+                .collect();
+            loop {
+                let status = ha.borrow_and_update().clone();
+                view.send_if_modified(|v| {
+                    let next =
+                        discovery::from_ha(&cfg.data_store_id, &cfg.node_name, &nodes, &status, v);
+                    let changed = *v != next;
+                    *v = next;
+                    changed
+                });
+                if ha.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {
+            let ip = announce_ip(&cfg.redis.bind);
+            loop {
+                let healthy = redis.borrow_and_update().healthy;
+                let next = discovery::single(&cfg.data_store_id, ip, cfg.redis.port, healthy);
+                view.send_if_modified(|v| {
+                    let changed = *v != next;
+                    *v = next;
+                    changed
+                });
+                if redis.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The address a one-node data store announces: its bind address, or when it binds every
+/// address, the first non-loopback one it has.
+fn announce_ip(bind: &[IpAddr]) -> IpAddr {
+    bind.iter()
+        .find(|a| !a.is_unspecified())
+        .copied()
+        .or_else(|| {
+            tls::local_addresses()
+                .into_iter()
+                .find(|a| !a.is_loopback() && a.is_ipv4())
+        })
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
 /// Start gossip and the HA loop for a 2- or 3-node data store.
@@ -225,8 +345,10 @@ async fn start_ha(
     layout: &Layout,
     secrets: &secrets::AgentSecrets,
     sup: &supervisor::SupervisorHandle,
+    hook: Option<crate::hook::HookHandle>,
 ) -> Result<(
     crate::ha::HaHandle,
+    tokio::sync::mpsc::Sender<crate::ha::HaCommand>,
     Arc<crate::gossip::transport::GossipCounters>,
 )> {
     use crate::election::{self, NodeId};
@@ -266,7 +388,7 @@ async fn start_ha(
         ),
         _ => None,
     };
-    let ha = crate::ha::spawn(
+    let (ha, commands) = crate::ha::spawn(
         crate::ha::HaConfig {
             election: election::Config {
                 me: NodeId::new(cfg.node_name.clone()),
@@ -284,12 +406,14 @@ async fn start_ha(
             admin_password: secrets.admin_password.clone(),
             lease_store,
             cluster_key: key,
+            data_store_id: cfg.data_store_id.clone(),
+            hook,
         },
         gossip,
         sup.state.clone(),
     )?;
     info!(gossip = %gossip_addr, nodes = c.nodes.len(), "gossip and election started");
-    Ok((ha, counters))
+    Ok((ha, commands, counters))
 }
 
 fn summary(cfg: &Config) -> ConfigSummary {

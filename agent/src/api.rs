@@ -24,7 +24,22 @@ pub struct ApiState {
     pub started: Instant,
     /// HA data stores: the election's view, and the gossip transport's counters.
     pub ha: Option<watch::Receiver<crate::ha::HaStatus>>,
+    /// HA data stores: requests to the election loop (switchover).
+    pub ha_commands: Option<tokio::sync::mpsc::Sender<crate::ha::HaCommand>>,
     pub gossip_counters: Option<Arc<crate::gossip::transport::GossipCounters>>,
+    pub hook_counters: Option<Arc<crate::hook::HookCounters>>,
+}
+
+/// The answer to `POST /switchover`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SwitchoverAnswer {
+    pub started: bool,
+    pub message: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SwitchoverQuery {
+    to: Option<String>,
 }
 
 impl ApiState {
@@ -44,7 +59,55 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_health))
+        .route("/switchover", axum::routing::post(post_switchover))
         .with_state(state)
+}
+
+/// Ask the primary (through this node's election loop) for a planned switchover. Answers
+/// 200 when it started, 409 with the reason when it was refused.
+async fn post_switchover(
+    State(s): State<Arc<ApiState>>,
+    axum::extract::Query(q): axum::extract::Query<SwitchoverQuery>,
+) -> (StatusCode, Json<SwitchoverAnswer>) {
+    let refuse = |code, message: String| {
+        (
+            code,
+            Json(SwitchoverAnswer {
+                started: false,
+                message,
+            }),
+        )
+    };
+    let Some(commands) = &s.ha_commands else {
+        return refuse(
+            StatusCode::CONFLICT,
+            "a one-node data store has no other node to hand over to".into(),
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = commands
+        .send(crate::ha::HaCommand::Switchover { to: q.to, reply })
+        .await;
+    if sent.is_err() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the election loop is not running".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(15), answer).await {
+        Ok(Ok(Ok(message))) => (
+            StatusCode::OK,
+            Json(SwitchoverAnswer {
+                started: true,
+                message,
+            }),
+        ),
+        Ok(Ok(Err(why))) => refuse(StatusCode::CONFLICT, why),
+        _ => refuse(
+            StatusCode::GATEWAY_TIMEOUT,
+            "no answer from the election loop within 15 s".into(),
+        ),
+    }
 }
 
 async fn get_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
@@ -84,31 +147,48 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 /// A minimal HTTP/1.0 GET, enough for the CLI to talk to its own agent on loopback.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let (code, body) = http_request(addr, "GET", path, Duration::from_secs(5)).await?;
+    if !(200..300).contains(&code) {
+        bail!("agent API answered {code}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.0 request without a body: (status code, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
+        let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    let buf = tokio::time::timeout(Duration::from_secs(5), io)
+    let buf = tokio::time::timeout(timeout, io)
         .await
-        .with_context(|| format!("agent API at {addr} did not answer within 5 s"))?
+        .with_context(|| {
+            format!(
+                "agent API at {addr} did not answer within {} s",
+                timeout.as_secs()
+            )
+        })?
         .with_context(|| format!("cannot reach the agent API at {addr} (is the agent running?)"))?;
     let text = String::from_utf8(buf).context("agent API sent invalid UTF-8")?;
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("agent API sent a malformed HTTP response")?;
     let status_line = head.lines().next().unwrap_or_default();
-    if !status_line
+    let code = status_line
         .split_whitespace()
         .nth(1)
-        .is_some_and(|c| c.starts_with('2'))
-    {
-        bail!("agent API answered {status_line}: {}", body.trim());
-    }
-    Ok(body.to_string())
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("agent API sent a malformed status line: {status_line}"))?;
+    Ok((code, body.to_string()))
 }
 
 pub async fn fetch_status(addr: SocketAddr) -> Result<NodeStatus> {

@@ -1,4 +1,4 @@
-//! The command line: `run`, `status`, `check-config`. Parsing and dispatch only; the work is
+//! The command line: `run`, `status`, `switchover`, `keygen`, `check-config`. Parsing and dispatch only; the work is
 //! done by the modules it calls.
 
 use crate::config::{self, DEFAULT_CONFIG_PATH};
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 const ABOUT: &str = "Node agent for a managed Redis data store";
 
@@ -20,7 +21,11 @@ networks with nftables, and reports to systemd (READY, STATUS, WATCHDOG).
 A running agent answers on its local API (api.listen, default 127.0.0.1:7480):
   /status   the node's state as JSON (what `redis-steward status` shows)
   /metrics  Prometheus metrics
-  /healthz  200 while redis answers";
+  /healthz  200 while redis answers
+
+Clients find the primary through the Redis Sentinel protocol served on sentinel.port
+(default 26379, TLS, the customer password): point any Sentinel-aware client at the nodes'
+sentinel ports with the data store id as the master name.";
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -28,6 +33,7 @@ EXAMPLES:
   redis-steward run --config /etc/redis-steward/config.toml
   redis-steward status
   redis-steward status --json --api 127.0.0.1:7480
+  redis-steward switchover --to node-2
   redis-steward keygen /etc/redis-steward/gossip.key
 
 FILES:
@@ -71,6 +77,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand the primary role to another node without losing a write (planned switchover).
+    ///
+    /// Asks the primary, through this node's agent (any node of the data store will do), to
+    /// pause writes, wait until the target holds every write, and hand over; clients that
+    /// discover the primary through the Sentinel port follow. Refused, with the reason, when
+    /// the target is unreachable, unhealthy, not replicating or too far behind. Without --to
+    /// the most up-to-date healthy replica is chosen. Then waits until the new primary takes
+    /// writes and prints it. Exits 1 when refused or when no new primary showed up in time.
+    Switchover {
+        /// Configuration file (to find api.listen).
+        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Agent API address, overriding the config file.
+        #[arg(long, value_name = "IP:PORT")]
+        api: Option<SocketAddr>,
+        /// The node to hand over to (a node name from cluster.nodes).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// How long to wait for the new primary, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        wait: u64,
+    },
     /// Write a new random 32-byte data-store key (hex, mode 0600), e.g. the gossip key that
     /// every node of an HA data store shares. Refuses to overwrite an existing file.
     Keygen {
@@ -83,6 +111,63 @@ enum Cmd {
         #[arg(default_value = DEFAULT_CONFIG_PATH)]
         path: PathBuf,
     },
+}
+
+/// The agent API address: --api, or api.listen from the config file.
+fn api_addr(api: Option<SocketAddr>, config: &std::path::Path) -> Result<SocketAddr> {
+    match api {
+        Some(a) => Ok(a),
+        None => Ok(config::load(config)
+            .with_context(|| "cannot find the agent API address (pass --api IP:PORT)")?
+            .api
+            .listen),
+    }
+}
+
+/// Ask for a switchover, then wait for a different writable primary.
+async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Result<()> {
+    let writable_primary = |s: &crate::status::NodeStatus| {
+        let c = s.cluster.as_ref()?;
+        c.members
+            .iter()
+            .find(|m| m.role == "primary" && m.writable)
+            .map(|m| (m.name.clone(), m.epoch))
+    };
+    let before = crate::api::fetch_status(addr).await?;
+    let old = writable_primary(&before);
+    let path = match &to {
+        Some(t) => format!("/switchover?to={t}"),
+        None => "/switchover".to_string(),
+    };
+    let started = std::time::Instant::now();
+    let (code, body) =
+        crate::api::http_request(addr, "POST", &path, Duration::from_secs(20)).await?;
+    let answer: crate::api::SwitchoverAnswer = serde_json::from_str(&body)
+        .with_context(|| format!("agent API answered {code}: {}", body.trim()))?;
+    if !answer.started {
+        anyhow::bail!("switchover refused: {}", answer.message);
+    }
+    println!("{}", answer.message);
+    let deadline = started + wait;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(now) = crate::api::fetch_status(addr).await else {
+            continue;
+        };
+        if let Some((name, epoch)) = writable_primary(&now) {
+            if Some(&name) != old.as_ref().map(|(n, _)| n) {
+                println!(
+                    "{name} is the primary (epoch {epoch}); writes were paused for {} ms",
+                    started.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!(
+        "no new primary within {} s; see `redis-steward status`",
+        wait.as_secs()
+    )
 }
 
 pub fn main() -> ExitCode {
@@ -110,16 +195,17 @@ fn dispatch(cli: Cli) -> Result<()> {
             crate::logging::init();
             runtime()?.block_on(crate::agent::run(cfg))
         }
+        Cmd::Switchover {
+            config,
+            api,
+            to,
+            wait,
+        } => {
+            let addr = api_addr(api, &config)?;
+            runtime()?.block_on(switchover(addr, to, Duration::from_secs(wait)))
+        }
         Cmd::Status { config, api, json } => {
-            let addr = match api {
-                Some(a) => a,
-                None => {
-                    config::load(&config)
-                        .with_context(|| "cannot find the agent API address (pass --api IP:PORT)")?
-                        .api
-                        .listen
-                }
-            };
+            let addr = api_addr(api, &config)?;
             let status = runtime()?.block_on(crate::api::fetch_status(addr))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

@@ -57,6 +57,23 @@ struct RawConfig {
     api: RawApi,
     cluster: Option<RawCluster>,
     backup: Option<RawBackup>,
+    #[serde(default)]
+    sentinel: RawSentinel,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentinel {
+    port: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_promote: Option<Vec<String>>,
+    timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +94,7 @@ struct RawClusterNode {
     address: String,
     redis_port: Option<i64>,
     gossip_port: Option<i64>,
+    sentinel_port: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +158,24 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The bucket for backups (and, for two-node data stores, the failover lease).
     pub backup: Option<BackupConfig>,
+    /// The Redis Sentinel protocol port clients discover the primary through (TLS).
+    pub sentinel: SentinelConfig,
+    pub hooks: HooksConfig,
+}
+
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// Served on every `redis.bind` address.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HooksConfig {
+    /// Run (argv, no shell) by a node each time it becomes primary, e.g. to update DNS.
+    pub on_promote: Option<Vec<String>>,
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +195,7 @@ pub struct ClusterNode {
     pub address: IpAddr,
     pub redis_port: u16,
     pub gossip_port: u16,
+    pub sentinel_port: u16,
 }
 
 #[derive(Clone)]
@@ -418,6 +455,19 @@ impl RawConfig {
             ));
         }
         let backup = self.backup.map(RawBackup::build).transpose()?;
+        let sentinel = SentinelConfig {
+            port: port(
+                "sentinel.port",
+                self.sentinel.port.unwrap_or(DEFAULT_SENTINEL_PORT as i64),
+            )?,
+        };
+        if sentinel.port == redis.port || sentinel.port == api.listen.port() {
+            return Err(err(
+                "sentinel.port",
+                "must differ from redis.port and the port of api.listen",
+            ));
+        }
+        let hooks = self.hooks.build()?;
         let cluster = match (plan.is_highly_available(), self.cluster) {
             (true, None) => {
                 return Err(err(
@@ -435,7 +485,7 @@ impl RawConfig {
                 ))
             }
             (false, None) => None,
-            (true, Some(c)) => Some(c.build(plan, &node_name, redis.port)?),
+            (true, Some(c)) => Some(c.build(plan, &node_name, redis.port, sentinel.port)?),
         };
         if plan.redis_nodes() == 2 && backup.is_none() {
             return Err(err(
@@ -455,6 +505,39 @@ impl RawConfig {
             api,
             cluster,
             backup,
+            sentinel,
+            hooks,
+        })
+    }
+}
+
+impl RawHooks {
+    fn build(self) -> Result<HooksConfig, ConfigError> {
+        if let Some(argv) = &self.on_promote {
+            match argv.first() {
+                None => {
+                    return Err(err(
+                        "hooks.on_promote",
+                        "is an empty command; leave it out to run no hook",
+                    ))
+                }
+                Some(prog) => {
+                    absolute("hooks.on_promote", PathBuf::from(prog))?;
+                }
+            }
+        }
+        let timeout_secs = match self.timeout_secs.unwrap_or(30) {
+            t @ 1..=3600 => t as u64,
+            t => {
+                return Err(err(
+                    "hooks.timeout_secs",
+                    format!("{t} is not between 1 and 3600 seconds"),
+                ))
+            }
+        };
+        Ok(HooksConfig {
+            on_promote: self.on_promote,
+            timeout: std::time::Duration::from_secs(timeout_secs),
         })
     }
 }
@@ -477,7 +560,13 @@ fn ip(key: &str, v: &str) -> Result<IpAddr, ConfigError> {
 }
 
 impl RawCluster {
-    fn build(self, plan: Plan, me: &str, redis_port: u16) -> Result<ClusterConfig, ConfigError> {
+    fn build(
+        self,
+        plan: Plan,
+        me: &str,
+        redis_port: u16,
+        sentinel_port: u16,
+    ) -> Result<ClusterConfig, ConfigError> {
         let advertise_address = ip(
             "cluster.advertise_address",
             &required(self.advertise_address, "cluster.advertise_address")?,
@@ -497,6 +586,10 @@ impl RawCluster {
                 gossip_port: port(
                     "cluster.nodes.gossip_port",
                     n.gossip_port.unwrap_or(gossip_port as i64),
+                )?,
+                sentinel_port: port(
+                    "cluster.nodes.sentinel_port",
+                    n.sentinel_port.unwrap_or(sentinel_port as i64),
                 )?,
                 name: n.name,
             });
@@ -525,10 +618,11 @@ impl RawCluster {
         if mine.address != advertise_address
             || mine.redis_port != redis_port
             || mine.gossip_port != gossip_port
+            || mine.sentinel_port != sentinel_port
         {
             return Err(err(
                 "cluster.nodes",
-                format!("the entry for this node ({me}) must match cluster.advertise_address, redis.port and cluster.gossip_port"),
+                format!("the entry for this node ({me}) must match cluster.advertise_address, redis.port, cluster.gossip_port and sentinel.port"),
             ));
         }
         let timing = self.timing.unwrap_or_default();

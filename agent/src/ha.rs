@@ -44,6 +44,9 @@ pub struct HaConfig {
     pub lease_store: Option<Store>,
     /// The data store key: replication passwords are derived from it per epoch.
     pub cluster_key: [u8; 32],
+    pub data_store_id: String,
+    /// Told of every promotion and demotion of this node.
+    pub hook: Option<crate::hook::HookHandle>,
 }
 
 /// What the HA loop knows, for status and the Sentinel-facing parts.
@@ -79,6 +82,44 @@ pub struct MemberStatus {
 /// The HA loop's handle: `state` is its `HaStatus`.
 pub type HaHandle = crate::actor::ActorHandle<HaStatus>;
 
+/// Requests to the HA loop from the API.
+pub enum HaCommand {
+    /// A planned switchover (to a node, or to the best one). The answer says whether the
+    /// primary started it, or why it refused.
+    Switchover {
+        to: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// The gossip key a non-primary node asks the primary for a switchover with, and the one the
+/// primary answers in (JSON).
+const SWITCHOVER_REQUEST_KEY: &str = "switchover_request";
+const SWITCHOVER_REPLY_KEY: &str = "switchover_reply";
+/// How long a forwarded switchover request waits for the primary's answer.
+const SWITCHOVER_ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SwitchoverRequest {
+    id: u64,
+    to: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SwitchoverReply {
+    /// The node that asked.
+    requester: String,
+    id: u64,
+    result: Result<String, String>,
+}
+
+/// A forwarded switchover request waiting for the primary's answer.
+struct PendingSwitchover {
+    id: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<String, String>>,
+}
+
 /// Load the durable election state; a missing file is a first start.
 pub fn load_durable(path: &std::path::Path) -> Result<Durable> {
     match std::fs::read(path) {
@@ -102,16 +143,16 @@ pub fn spawn(
     cfg: HaConfig,
     gossip: Gossip,
     redis: watch::Receiver<RedisState>,
-) -> Result<HaHandle> {
+) -> Result<(HaHandle, mpsc::Sender<HaCommand>)> {
     let durable = load_durable(&cfg.durable_path)?;
+    let (command_tx, command_rx) = mpsc::channel(8);
     let start = Instant::now();
     let node =
         election::Node::new(cfg.election.clone(), durable, 0).context("election settings")?;
     let (lease_tx, lease_rx) = mpsc::channel(16);
     let tick = Duration::from_millis(cfg.election.timing.tick_ms);
-    Ok(crate::actor::ActorHandle::spawn(
-        HaStatus::default(),
-        move |status, shutdown| async move {
+    let handle =
+        crate::actor::ActorHandle::spawn(HaStatus::default(), move |status, shutdown| async move {
             let admin =
                 redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
             let mut shell = Shell {
@@ -126,10 +167,12 @@ pub fn spawn(
                 lease_tx,
                 status,
                 heard: BTreeMap::new(),
+                pending: None,
+                handled: BTreeMap::new(),
             };
-            shell.run(redis, lease_rx, shutdown, tick).await
-        },
-    ))
+            shell.run(redis, lease_rx, command_rx, shutdown, tick).await
+        });
+    Ok((handle, command_tx))
 }
 
 /// What redis should look like, so it can be re-applied after a redis restart.
@@ -169,6 +212,9 @@ struct Shell {
     status: watch::Sender<HaStatus>,
     /// When each member's published state last changed (our clock), and what it was.
     heard: BTreeMap<String, (String, Instant)>,
+    pending: Option<PendingSwitchover>,
+    /// The newest switchover request id answered, per requesting node.
+    handled: BTreeMap<String, u64>,
 }
 
 impl Shell {
@@ -180,6 +226,7 @@ impl Shell {
         &mut self,
         mut redis: watch::Receiver<RedisState>,
         mut lease_rx: mpsc::Receiver<LeaseResult>,
+        mut commands: mpsc::Receiver<HaCommand>,
         mut shutdown: mpsc::Receiver<oneshot::Sender<()>>,
         tick: Duration,
     ) {
@@ -188,6 +235,7 @@ impl Shell {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
+                    let began = Instant::now();
                     // Gossip first: a step on the previous tick's view could time out a
                     // campaign whose votes have just arrived.
                     let members = self.gossip.members().await;
@@ -196,6 +244,12 @@ impl Shell {
                     self.update_status(&members);
                     self.decide(Event::Peers(views)).await;
                     self.probe().await;
+                    self.forwarded_switchovers(&members).await;
+                    // A slow step delays heartbeats and fencing: make it visible.
+                    let took = began.elapsed();
+                    if took > 4 * tick {
+                        warn!(took_ms = took.as_millis() as u64, "election step was slow");
+                    }
                 }
                 changed = redis.changed() => {
                     if changed.is_err() { return; }
@@ -203,6 +257,7 @@ impl Shell {
                     self.on_redis(&state).await;
                 }
                 Some(result) = lease_rx.recv() => self.decide(Event::Lease(result)).await,
+                Some(command) = commands.recv() => self.on_command(command).await,
                 done = shutdown.recv() => {
                     self.gossip.initiate_shutdown();
                     if let Some(done) = done { let _ = done.send(()); }
@@ -210,6 +265,109 @@ impl Shell {
                 }
             }
         }
+    }
+
+    async fn on_command(&mut self, command: HaCommand) {
+        match command {
+            HaCommand::Switchover { to, reply } => {
+                if self.node.primary_epoch().is_some() {
+                    let result = self.switchover(to).await;
+                    let _ = reply.send(result);
+                    return;
+                }
+                // Only the primary can hand over: ask it through gossip.
+                if self.pending.is_some() {
+                    let _ = reply.send(Err(
+                        "another switchover request from this node is waiting for the primary"
+                            .into(),
+                    ));
+                    return;
+                }
+                let id: u64 = rand::random();
+                let request = SwitchoverRequest { id, to };
+                match serde_json::to_string(&request) {
+                    Ok(json) => self.gossip.publish(SWITCHOVER_REQUEST_KEY, json).await,
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("cannot encode the request: {e}")));
+                        return;
+                    }
+                }
+                self.pending = Some(PendingSwitchover {
+                    id,
+                    deadline: Instant::now() + SWITCHOVER_ANSWER_WITHIN,
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// Start a switchover on this node (the primary), carrying out its first actions.
+    async fn switchover(&mut self, to: Option<String>) -> Result<String, String> {
+        let now = self.now_ms();
+        let decision = self.node.switchover(now, to.map(NodeId::new))?;
+        info!(epoch = self.node.published().epoch, "{}", decision.reason);
+        self.status
+            .send_modify(|s| s.last_decision = decision.reason.clone());
+        for action in decision.actions {
+            if let Err(e) = self.execute(action).await {
+                warn!("{e:#}");
+            }
+        }
+        // The hand-over needs a probe taken after the pause.
+        self.probe().await;
+        Ok(decision.reason)
+    }
+
+    /// The primary answers switchover requests other nodes gossip; a node that forwarded one
+    /// picks up the answer (or gives up waiting).
+    async fn forwarded_switchovers(&mut self, members: &[Member]) {
+        if self.node.primary_epoch().is_some() {
+            for m in members {
+                let Some(req) = m
+                    .keys
+                    .get(SWITCHOVER_REQUEST_KEY)
+                    .and_then(|r| serde_json::from_str::<SwitchoverRequest>(r).ok())
+                else {
+                    continue;
+                };
+                if self.handled.get(&m.name) == Some(&req.id) {
+                    continue;
+                }
+                self.handled.insert(m.name.clone(), req.id);
+                info!(from = %m.name, to = ?req.to, "switchover requested through {}", m.name);
+                let result = self.switchover(req.to).await;
+                let reply = SwitchoverReply {
+                    requester: m.name.clone(),
+                    id: req.id,
+                    result,
+                };
+                if let Ok(json) = serde_json::to_string(&reply) {
+                    self.gossip.publish(SWITCHOVER_REPLY_KEY, json).await;
+                }
+            }
+        }
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let me = self.node.me().as_str();
+        let answer = members.iter().find_map(|m| {
+            let r: SwitchoverReply =
+                serde_json::from_str(m.keys.get(SWITCHOVER_REPLY_KEY)?).ok()?;
+            (r.requester == me && r.id == pending.id).then_some(r.result)
+        });
+        let answer = match answer {
+            Some(a) => a,
+            None if Instant::now() >= pending.deadline => Err(format!(
+                "the primary did not answer within {} s",
+                SWITCHOVER_ANSWER_WITHIN.as_secs()
+            )),
+            None => {
+                self.pending = Some(pending);
+                return;
+            }
+        };
+        self.gossip.delete(SWITCHOVER_REQUEST_KEY).await;
+        let _ = pending.reply.send(answer);
     }
 
     async fn on_redis(&mut self, state: &RedisState) {
@@ -438,6 +596,16 @@ impl Shell {
                 info!(epoch, "promoting this node to primary");
                 self.desired.role = Some(RedisRole::Primary { epoch });
                 self.promote(epoch).await?;
+                if let Some(hook) = &self.cfg.hook {
+                    let me = self.node.me().as_str();
+                    let (ip, port) = self.redis_addr_of(me)?;
+                    hook.promoted(Some(crate::hook::Promotion {
+                        data_store: self.cfg.data_store_id.clone(),
+                        node: me.to_string(),
+                        address: std::net::SocketAddr::new(ip.parse()?, port).to_string(),
+                        epoch,
+                    }));
+                }
             }
             Action::Follow { primary, epoch } => {
                 let (host, port) = self.redis_addr_of(primary.as_str())?;
@@ -460,6 +628,9 @@ impl Shell {
                 }
             }
             Action::Demote => {
+                if let Some(hook) = &self.cfg.hook {
+                    hook.promoted(None);
+                }
                 info!("demoted: no longer serving replicas; dropping customer connections so clients find the new primary");
                 self.stop_serving_replicas().await?;
                 self.admin_cmd(

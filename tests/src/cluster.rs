@@ -1,10 +1,12 @@
 //! A whole data store on a namespace testbed: N agents (each on its own host with its own
 //! address), one extra host for clients, a shared CA, gossip key and backup folder, plus the
-//! checkers every fault scenario runs: a writer whose writes count only once `WAIT 1`
+//! checkers every fault scenario runs: a writer that finds the primary through the agents'
+//! Sentinel ports (as customers' clients do) and whose writes count only once `WAIT 1`
 //! confirms them, and a monitor that records every moment two nodes were writable primaries.
 
-use crate::netns::{run_in_netns, Testbed};
+use crate::netns::Testbed;
 use crate::node::{Agent, NodeSpec, PASSWORD};
+use crate::sentinel_client::{SentinelTarget, WriterConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub const REDIS_PORT: u16 = 6380;
 pub const GOSSIP_PORT: u16 = 7946;
+pub const SENTINEL_PORT: u16 = 26379;
 
 pub struct Cluster {
     // Field order is drop order: agents stop before their namespaces go.
@@ -22,11 +25,18 @@ pub struct Cluster {
     /// Shared files: CA, gossip key, backups.
     pub shared: tempfile::TempDir,
     pub plan: String,
+    promote_hook: bool,
 }
 
 impl Cluster {
     /// Start a `plan` data store ("business" = 2 nodes, "premium" = 3) and wait for a primary.
     pub fn start(plan: &str) -> Result<Cluster> {
+        Cluster::start_with(plan, false)
+    }
+
+    /// Like [`Cluster::start`]; with `promote_hook`, every agent runs a promotion hook that
+    /// appends `node epoch address` to [`Cluster::hook_log`].
+    pub fn start_with(plan: &str, promote_hook: bool) -> Result<Cluster> {
         let n = match plan {
             "business" => 2,
             "premium" => 3,
@@ -47,7 +57,19 @@ impl Cluster {
             bed,
             shared,
             plan: plan.to_string(),
+            promote_hook,
         };
+        if promote_hook {
+            let script = cluster.shared.path().join("hook.sh");
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\necho \"$REDIS_STEWARD_NODE $REDIS_STEWARD_EPOCH $REDIS_STEWARD_ADDRESS\" >> {}\n",
+                    cluster.hook_log().display()
+                ),
+            )?;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        }
         for i in 0..n {
             let agent = cluster.prepare_node(i)?;
             cluster.nodes.push(agent);
@@ -77,6 +99,12 @@ impl Cluster {
             self.bed.host(i).ip,
             nodes.join("\n"),
         );
+        if self.promote_hook {
+            t += &format!(
+                "\n[hooks]\non_promote = [\"{}\"]\ntimeout_secs = 5\n",
+                self.shared.path().join("hook.sh").display()
+            );
+        }
         if self.plan == "business" {
             t += &format!(
                 "\n[backup]\nurl = \"file://{}/bucket\"\n",
@@ -99,13 +127,31 @@ impl Cluster {
         spec.plan = self.plan.clone();
         spec.bind = "0.0.0.0".into();
         spec.port = REDIS_PORT;
+        spec.sentinel_port = SENTINEL_PORT;
         spec.memory_limit_mb = Some(1024);
         spec.extra = self.cluster_toml(i);
         Ok(Agent::prepare(spec)?.in_netns(&self.bed.host(i).name))
     }
 
+    /// Lines `node epoch address`, one per promotion hook run (see [`Cluster::start_with`]).
+    pub fn hook_log(&self) -> PathBuf {
+        self.shared.path().join("hook.log")
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.shared.path().join("ca.crt")
+    }
+
+    /// Every agent's Redis Sentinel protocol address (master name: the data store id).
+    pub fn sentinel_addrs(&self) -> Vec<std::net::SocketAddr> {
+        (0..self.nodes.len())
+            .map(|i| std::net::SocketAddr::new(self.bed.host(i).ip.into(), SENTINEL_PORT))
+            .collect()
+    }
+
+    /// The data store id, which is also the Sentinel master name.
+    pub fn master_name(&self) -> &str {
+        &self.nodes[0].spec.data_store_id
     }
 
     /// The index of the node whose agent says it is the writable primary, if exactly one does.
@@ -185,6 +231,18 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// How a client reaches this data store: the agents' Sentinel ports, TLS with the shared
+    /// CA, the customer password.
+    pub fn target(&self) -> SentinelTarget {
+        SentinelTarget {
+            sentinels: self.sentinel_addrs(),
+            master_name: self.master_name().to_string(),
+            tls_ca: Some(self.ca_file()),
+            password: Some(PASSWORD.to_string()),
+            sentinel_password: Some(PASSWORD.to_string()),
+        }
+    }
+
     /// Start the writer and the split-brain monitor; stop them with [`Checkers::finish`].
     pub fn start_checkers(self: &Arc<Self>) -> Checkers {
         Checkers::start(self.clone())
@@ -206,13 +264,20 @@ pub struct Report {
     pub split_brain_ms: Vec<u64>,
     /// Time of the first acknowledged write to each new primary: (node, ms since start).
     pub primaries: Vec<(usize, u64)>,
+    /// Errors the writer met (failed writes, lookups, reconnects).
+    pub errors: u64,
+    /// Keys a primary answered OK to (acknowledged or not).
+    pub accepted: BTreeSet<u64>,
 }
 
 pub struct Checkers {
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<Report>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    monitor: Option<std::thread::JoinHandle<()>>,
+    writer: crate::sentinel_client::Writer,
     started: Instant,
+    /// Data node index by IP, to name the primary each write went to.
+    node_ips: Vec<String>,
 }
 
 impl Checkers {
@@ -220,10 +285,9 @@ impl Checkers {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let started = Instant::now();
-        let mut threads = Vec::new();
-        {
+        let monitor = {
             let (c, stop, report) = (cluster.clone(), stop.clone(), report.clone());
-            threads.push(std::thread::spawn(move || {
+            std::thread::spawn(move || {
                 // Bounded: at most 10 minutes of monitoring.
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600)
                 {
@@ -236,20 +300,21 @@ impl Checkers {
                     }
                     std::thread::sleep(Duration::from_millis(25));
                 }
-            }));
-        }
-        {
-            let (c, stop, report) = (cluster, stop.clone(), report.clone());
-            let client_ns = c.bed.host(c.bed.hosts().len() - 1).name.clone();
-            threads.push(std::thread::spawn(move || {
-                run_in_netns(&client_ns, || writer(&c, &stop, &report, started));
-            }));
-        }
+            })
+        };
+        let client_ns = cluster.bed.host(cluster.bed.hosts().len() - 1).name.clone();
+        let writer =
+            crate::sentinel_client::Writer::start(&client_ns, WriterConfig::new(cluster.target()))
+                .expect("start the Sentinel-discovering writer");
         Checkers {
             stop,
             report,
-            threads,
+            monitor: Some(monitor),
+            writer,
             started,
+            node_ips: (0..cluster.nodes.len())
+                .map(|i| cluster.bed.host(i).ip.to_string())
+                .collect(),
         }
     }
 
@@ -259,113 +324,79 @@ impl Checkers {
 
     /// Acknowledged writes so far.
     pub fn acked(&self) -> usize {
-        self.report.lock().unwrap().acked.len()
+        self.writer.acked()
     }
 
     /// Wait until at least `n` more writes are acknowledged (bounded by `timeout`).
     pub fn wait_more_acks(&self, n: usize, timeout: Duration) -> bool {
-        let base = self.acked();
-        crate::node::wait_for(timeout, Duration::from_millis(20), || {
-            (self.acked() >= base + n).then_some(())
-        })
-        .is_some()
+        self.writer.wait_more_acks(n, timeout)
     }
 
-    pub fn finish(self) -> Report {
+    /// Milliseconds (since the checkers started) at which a primary first answered OK to a
+    /// write sent at or after `at_ms` (acknowledged by a replica or not).
+    pub fn first_accept_after(&self, at_ms: u64, timeout: Duration) -> Option<u64> {
+        let t = self.started + Duration::from_millis(at_ms);
+        let ok = self.writer.wait_accept_after(t, timeout)?;
+        Some(ok.duration_since(self.started).as_millis() as u64)
+    }
+
+    /// Milliseconds (since the checkers started) at which the first write sent at or after
+    /// `at_ms` was acknowledged, waiting up to `timeout` for it.
+    pub fn first_ack_after(&self, at_ms: u64, timeout: Duration) -> Option<u64> {
+        let t = self.started + Duration::from_millis(at_ms);
+        let acked = self.writer.wait_ack_after(t, timeout)?;
+        Some(acked.duration_since(self.started).as_millis() as u64)
+    }
+
+    pub fn finish(mut self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        if let Some(t) = self.monitor.take() {
             let _ = t.join();
         }
-        Arc::try_unwrap(self.report)
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_else(|arc| std::mem::take(&mut *arc.lock().unwrap()))
-    }
-}
-
-/// Numbered writes to whichever node the agents call primary; a write counts only after
-/// `WAIT 1 1000` says a replica has it.
-fn writer(c: &Cluster, stop: &AtomicBool, report: &Mutex<Report>, started: Instant) {
-    // object_store brings a second rustls provider: name the one to use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ca = std::fs::read(c.ca_file()).unwrap();
-    rt.block_on(async {
-        let mut conn: Option<(usize, redis::aio::MultiplexedConnection)> = None;
-        let mut i: u64 = 0;
-        while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
-            if conn.is_none() {
-                let Some(p) = c.primary() else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let url = format!(
-                    "rediss://default:{PASSWORD}@{}:{REDIS_PORT}",
-                    c.bed.host(p).ip
-                );
-                let client = redis::Client::build_with_tls(
-                    url.as_str(),
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca.clone()),
-                    },
-                )
-                .unwrap();
-                let cfg = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_millis(500)))
-                    .set_response_timeout(Some(Duration::from_millis(1500)));
-                match client
-                    .get_multiplexed_async_connection_with_config(&cfg)
-                    .await
-                {
-                    Ok(cn) => conn = Some((p, cn)),
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                }
-            }
-            let (node, cn) = conn.as_mut().unwrap();
-            let node = *node;
-            i += 1;
-            report.lock().unwrap().attempts += 1;
-            let set: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(format!("w{i}"))
-                .arg(i)
-                .query_async(cn)
-                .await;
-            let ok = match set {
-                Ok(()) => {
-                    let n: redis::RedisResult<i64> =
-                        redis::cmd("WAIT").arg(1).arg(1000).query_async(cn).await;
-                    matches!(n, Ok(n) if n >= 1)
-                }
-                Err(_) => false,
+        let written = self.writer.finish();
+        let mut report = std::mem::take(&mut *self.report.lock().unwrap());
+        report.attempts = written.writes.len() as u64;
+        report.errors = written.errors_total;
+        report.accepted = written
+            .writes
+            .iter()
+            .filter(|w| w.accepted.is_some())
+            .map(|w| w.n)
+            .collect();
+        let mut acked: Vec<_> = written
+            .writes
+            .iter()
+            .filter(|w| w.acked.is_some())
+            .collect();
+        acked.sort_by_key(|w| w.acked);
+        for w in acked {
+            report.acked.insert(w.n);
+            let ip = w.primary.rsplit_once(':').map_or(&*w.primary, |(ip, _)| ip);
+            let Some(node) = self.node_ips.iter().position(|n| n == ip) else {
+                continue;
             };
-            if ok {
-                let mut r = report.lock().unwrap();
-                r.acked.insert(i);
-                if r.primaries.last().map(|(n, _)| *n) != Some(node) {
-                    r.primaries
-                        .push((node, started.elapsed().as_millis() as u64));
-                }
-            } else {
-                conn = None;
+            if report.primaries.last().map(|(n, _)| *n) != Some(node) {
+                let at = w.acked.unwrap_or(w.sent).duration_since(self.started);
+                report.primaries.push((node, at.as_millis() as u64));
             }
         }
-    });
+        report
+    }
 }
 
 impl Cluster {
     /// Every acknowledged write must be on the current primary (after the cluster settled).
     pub fn missing_acked(&self, report: &Report) -> Vec<u64> {
+        self.missing(&report.acked)
+    }
+
+    /// The writer's keys among `keys` that the current primary lacks.
+    pub fn missing(&self, keys: &BTreeSet<u64>) -> Vec<u64> {
         let p = match self.wait_primary(Duration::from_secs(30)) {
             Ok(p) => p,
-            Err(_) => return report.acked.iter().copied().collect(),
+            Err(_) => return keys.iter().copied().collect(),
         };
-        let keys: Vec<String> = report.acked.iter().map(|i| format!("w{i}")).collect();
+        let keys: Vec<String> = keys.iter().map(|i| format!("k{i}")).collect();
         let mut missing = Vec::new();
         for chunk in keys.chunks(500) {
             let mut args = vec!["MGET"];

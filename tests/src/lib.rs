@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod netns;
 pub mod node;
 pub mod s3;
+pub mod sentinel_client;

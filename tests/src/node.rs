@@ -65,6 +65,8 @@ pub struct NodeSpec {
     pub bind: String,
     pub port: u16,
     pub api_port: u16,
+    /// The agent's Redis Sentinel protocol port.
+    pub sentinel_port: u16,
     pub scripting: bool,
     pub memory_limit_mb: Option<u64>,
     pub allowed_cidrs: Option<Vec<String>>,
@@ -81,6 +83,7 @@ impl NodeSpec {
             bind: "127.0.0.1".into(),
             port: free_port(),
             api_port: free_port(),
+            sentinel_port: free_port(),
             scripting: true,
             memory_limit_mb: Some(4096),
             allowed_cidrs: None,
@@ -104,6 +107,7 @@ impl NodeSpec {
             t += &format!("memory_limit_mb = {mb}\n");
         }
         t += &format!("\n[api]\nlisten = \"127.0.0.1:{}\"\n", self.api_port);
+        t += &format!("\n[sentinel]\nport = {}\n", self.sentinel_port);
         if let Some(c) = &self.allowed_cidrs {
             let list: Vec<String> = c.iter().map(|s| format!("\"{s}\"")).collect();
             t += &format!("\n[access]\nallowed_cidrs = [{}]\n", list.join(", "));

@@ -85,6 +85,13 @@ impl Gossip {
             .await;
     }
 
+    /// Remove one of this node's own keys (peers see it go).
+    pub async fn delete(&self, key: &str) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().delete(key))
+            .await;
+    }
+
     /// Every other node gossip knows, newest generation of each name.
     pub async fn members(&self) -> Vec<Member> {
         self.handle
