@@ -419,6 +419,7 @@ async fn start_ha(
 fn summary(cfg: &Config) -> ConfigSummary {
     ConfigSummary {
         client_port: cfg.redis.port,
+        sentinel_port: cfg.sentinel.port,
         bind: cfg.redis.bind.iter().map(|a| a.to_string()).collect(),
         tls: match cfg.tls {
             TlsConfig::Generate { .. } => "generated certificates".into(),

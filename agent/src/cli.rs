@@ -128,9 +128,11 @@ fn api_addr(api: Option<SocketAddr>, config: &std::path::Path) -> Result<SocketA
 async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Result<()> {
     let writable_primary = |s: &crate::status::NodeStatus| {
         let c = s.cluster.as_ref()?;
+        // A dead member's last gossiped state may still say primary: only live ones count.
         c.members
             .iter()
-            .find(|m| m.role == "primary" && m.writable)
+            .filter(|m| (m.alive || m.is_self) && m.role == "primary" && m.writable)
+            .max_by_key(|m| m.epoch)
             .map(|m| (m.name.clone(), m.epoch))
     };
     let before = crate::api::fetch_status(addr).await?;
@@ -157,7 +159,7 @@ async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Res
         if let Some((name, epoch)) = writable_primary(&now) {
             if Some(&name) != old.as_ref().map(|(n, _)| n) {
                 println!(
-                    "{name} is the primary (epoch {epoch}); writes were paused for {} ms",
+                    "{name} is the primary (epoch {epoch}); switched over in {} ms",
                     started.elapsed().as_millis()
                 );
                 return Ok(());

@@ -59,6 +59,9 @@ pub struct LimitsStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConfigSummary {
     pub client_port: u16,
+    /// The Redis Sentinel protocol port clients discover the primary through.
+    #[serde(default)]
+    pub sentinel_port: u16,
     pub bind: Vec<String>,
     pub tls: String,
     pub scripting: bool,
@@ -283,9 +286,10 @@ pub fn render_table(s: &NodeStatus) -> String {
         (
             "listen",
             format!(
-                "TLS {} port {} ({})",
+                "TLS {} port {}, Sentinel port {} ({})",
                 s.config.bind.join(", "),
                 s.config.client_port,
+                s.config.sentinel_port,
                 s.config.tls
             ),
         ),
@@ -390,6 +394,7 @@ mod tests {
             },
             config: ConfigSummary {
                 client_port: 6380,
+                sentinel_port: 26379,
                 bind: vec!["0.0.0.0".into()],
                 tls: "generated".into(),
                 scripting: true,
