@@ -798,11 +798,22 @@ impl Shell {
         };
         let tx = self.lease_tx.clone();
         let me = self.node.me().to_string();
+        // A slow store eats into the lease: say so, it explains a lapse.
+        let slow = Duration::from_millis(self.cfg.election.timing.lease_ttl_ms / 3);
         tokio::spawn(async move {
+            let began = Instant::now();
             let result = lease_op(&store, &me, op).await.unwrap_or_else(|e| {
                 debug!("lease store: {e:#}");
                 LeaseResult::Unreachable
             });
+            let took = began.elapsed();
+            if took > slow {
+                warn!(
+                    took_ms = took.as_millis() as u64,
+                    ?result,
+                    "lease store answered slowly"
+                );
+            }
             let _ = tx.send(result).await;
         });
     }

@@ -332,20 +332,28 @@ impl Checkers {
         self.writer.wait_more_acks(n, timeout)
     }
 
-    /// Milliseconds (since the checkers started) at which a primary first answered OK to a
-    /// write sent at or after `at_ms` (acknowledged by a replica or not).
-    pub fn first_accept_after(&self, at_ms: u64, timeout: Duration) -> Option<u64> {
+    /// Milliseconds (since the checkers started) at which node `node` first answered OK to a
+    /// write (`acked`: first confirmed by `WAIT 1`) sent at or after `at_ms`, waiting up to
+    /// `timeout`.
+    pub fn first_write_on(
+        &self,
+        node: usize,
+        at_ms: u64,
+        acked: bool,
+        timeout: Duration,
+    ) -> Option<u64> {
         let t = self.started + Duration::from_millis(at_ms);
-        let ok = self.writer.wait_accept_after(t, timeout)?;
-        Some(ok.duration_since(self.started).as_millis() as u64)
-    }
-
-    /// Milliseconds (since the checkers started) at which the first write sent at or after
-    /// `at_ms` was acknowledged, waiting up to `timeout` for it.
-    pub fn first_ack_after(&self, at_ms: u64, timeout: Duration) -> Option<u64> {
-        let t = self.started + Duration::from_millis(at_ms);
-        let acked = self.writer.wait_ack_after(t, timeout)?;
-        Some(acked.duration_since(self.started).as_millis() as u64)
+        let ip = self.node_ips[node].as_str();
+        crate::node::wait_for(timeout, Duration::from_millis(20), || {
+            let report = self.writer.snapshot();
+            report
+                .writes
+                .iter()
+                .filter(|w| w.sent >= t && w.primary.rsplit_once(':').map(|(a, _)| a) == Some(ip))
+                .filter_map(|w| if acked { w.acked } else { w.accepted })
+                .min()
+        })
+        .map(|at| at.duration_since(self.started).as_millis() as u64)
     }
 
     pub fn finish(mut self) -> Report {

@@ -42,6 +42,14 @@ fn kill_primary_node(plan: &str) {
     let promoted_at = checkers.elapsed_ms();
     assert!(c.epoch(new).unwrap() > epoch);
     assert_eq!(c.cli(new, &["SET", "after-failover", "1"]), "OK");
+    // As a client sees it (through the Sentinel port): with a replica left, the first write
+    // WAIT 1 acknowledges on the new primary; with two nodes (no replica until the old one
+    // returns), the first write the new primary takes.
+    let client_ms = checkers
+        .first_write_on(new, kill_at, plan == "premium", Duration::from_secs(20))
+        .expect("the client found no new primary")
+        - kill_at;
+    eprintln!("{plan}: the Sentinel-discovering client wrote to the new primary {client_ms} ms after the kill");
     if plan == "premium" {
         // A replica is left: WAIT 1 keeps acknowledging on the new primary.
         assert!(

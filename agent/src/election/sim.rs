@@ -46,6 +46,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 
 const US_PER_MS: u64 = 1_000;
+/// "Just heard from": within this long (see the switchover invariant in `on_promote`).
+const FRESH_US: u64 = 150 * US_PER_MS;
 /// How long after gossip last brought news a peer still counts as alive (chitchat's phi
 /// detector needs 0.4–0.6 s at 100 ms gossip).
 const ALIVE_FOR_US: u64 = 600 * US_PER_MS;
@@ -248,8 +250,9 @@ pub(super) struct World {
     /// The newest acknowledged write (see the module docs).
     acked: Position,
     votes: Vec<VoteRecord>,
-    /// Accepted switchovers: (old primary, its epoch, its data when it paused writes, when).
-    handoffs: Vec<(usize, u64, Position, u64)>,
+    /// Accepted switchovers: (old primary, its epoch, its data when it paused writes, when,
+    /// whether every other node had heard from it within [`FRESH_US`] then).
+    handoffs: Vec<(usize, u64, Position, u64, bool)>,
     violation: Option<String>,
     trace: Option<Vec<String>>,
 }
@@ -793,19 +796,22 @@ impl World {
             return;
         }
         // A planned switchover loses nothing: a node promoted while the old primary still
-        // hands over, and sooner than an ordinary failover could have replaced that primary
-        // (a failover timeout after its voters last heard it), holds every write the old
-        // primary took. Later, a failover during the switchover keeps only acknowledged
-        // writes, like any other.
-        let grace = self.timing.failover_timeout_ms * US_PER_MS;
-        let handing_over = self.handoffs.iter().find(|(j, e, _, at)| {
+        // hands over, sooner than any ordinary failover could have replaced that primary,
+        // holds every write the old primary took. An ordinary failover needs voters that have
+        // not heard the primary for a failover timeout; if every node had just heard it when
+        // the switchover began, none can complete before that timeout has passed since (less
+        // clock drift). A failover that does happen during a switchover keeps only
+        // acknowledged writes, like any other.
+        let window = self.timing.failover_timeout_ms * US_PER_MS * 98 / 100 - FRESH_US;
+        let handing_over = self.handoffs.iter().find(|(j, e, _, at, fresh)| {
             *e < epoch
-                && self.now < at + grace
+                && *fresh
+                && self.now < at + window
                 && self.nodes[*j].node.as_ref().is_some_and(|n| {
                     n.switchover_target().is_some() && n.primary_epoch() == Some(*e)
                 })
         });
-        if let Some((j, e, end, _)) = handing_over.copied() {
+        if let Some((j, e, end, _, _)) = handing_over.copied() {
             if mine < end {
                 let old = &self.nodes[j].id;
                 self.fail(format!(
@@ -1096,8 +1102,15 @@ impl World {
             self.apply(i, action);
         }
         self.update_accepting(i);
+        let fresh = (0..self.nodes.len()).filter(|&k| k != i).all(|k| {
+            self.nodes[k].up()
+                && self.nodes[k].view[i]
+                    .as_ref()
+                    .is_some_and(|e| self.now < e.updated + FRESH_US)
+        });
         let s = &self.nodes[i];
-        self.handoffs.push((i, s.epoch, s.position(), self.now));
+        self.handoffs
+            .push((i, s.epoch, s.position(), self.now, fresh));
         Ok(())
     }
 
