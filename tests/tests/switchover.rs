@@ -60,8 +60,28 @@ fn planned_switchover_loses_nothing(plan: &str) {
     assert_eq!(first.len(), 1, "hook runs of the first primary: {first:?}");
     assert!(first[0].contains(&format!(" {epoch} ")), "{first:?}");
 
+    // A client parked on the old primary (a subscriber never sends again, so only the
+    // server closing the connection ends it): the demoted primary must drop it.
+    let client = c.bed.hosts().len() - 1;
+    let mut parked = c
+        .bed
+        .host(client)
+        .command("timeout")
+        .args(["30", "redis-cli", "--tls", "--cacert"])
+        .arg(c.ca_file())
+        .args(["-h", &c.bed.host(old).ip.to_string(), "-p", "6380"])
+        .args(["-a", steward_testbed::node::PASSWORD, "--no-auth-warning"])
+        .args(["SUBSCRIBE", "parked"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let checkers = c.start_checkers();
     assert!(checkers.wait_more_acks(50, Duration::from_secs(20)));
+    assert!(
+        parked.try_wait().unwrap().is_none(),
+        "the parked client died early"
+    );
     let asked_at = checkers.elapsed_ms();
     let out = switchover(&c, asker, &["--to", &format!("node-{target}")]);
     assert!(out.status.success(), "switchover failed: {}", text(&out));
@@ -72,6 +92,16 @@ fn planned_switchover_loses_nothing(plan: &str) {
     );
     assert_eq!(c.primary(), Some(target));
     assert!(c.epoch(target).unwrap() > epoch);
+    let dropped =
+        steward_testbed::node::wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+            parked.try_wait().unwrap()
+        });
+    let _ = parked.kill();
+    // `timeout` exits 124 when it had to end redis-cli itself.
+    assert!(
+        dropped.is_some_and(|s| s.code() != Some(124)),
+        "the demoted primary kept its client connection ({dropped:?})"
+    );
     // Clients follow through the Sentinel port (WAIT 1 needs the old primary to follow too).
     assert!(checkers.wait_more_acks(50, Duration::from_secs(20)));
     let report = checkers.finish();
