@@ -2,6 +2,7 @@
 
 pub mod actor;
 pub mod agent;
+pub mod aof;
 pub mod api;
 pub mod cli;
 pub mod config;

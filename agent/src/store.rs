@@ -57,6 +57,43 @@ impl std::fmt::Debug for Store {
 pub struct Entry {
     pub path: String,
     pub size: u64,
+    /// When the store last wrote it (unix ms).
+    pub last_modified_ms: u64,
+}
+
+/// A large object written in parts (S3/GCS/Azure multipart; a temp file for the local
+/// folder), so it never sits whole in memory. Nothing is visible until `finish`.
+pub struct Upload {
+    inner: object_store::WriteMultipart,
+    store: Store,
+    path: String,
+}
+
+impl Upload {
+    /// Queue `data`; waits while too many parts are in flight (bounded memory).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        store
+            .bounded("upload", &self.path, self.inner.wait_for_capacity(4))
+            .await?;
+        self.inner.put(data);
+        Ok(())
+    }
+
+    /// Complete the object.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        let Upload { inner, store, path } = self;
+        store
+            .bounded("upload", &path, inner.finish())
+            .await
+            .map(|_| ())
+    }
+
+    /// Give up; the parts are discarded.
+    pub async fn abort(self) {
+        let Upload { inner, store, path } = self;
+        let _ = store.bounded("abort upload", &path, inner.abort()).await;
+    }
 }
 
 /// A URL fit for logs and errors: user info and query (where credentials hide) removed.
@@ -209,6 +246,73 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Start writing `path` in parts (see [`Upload`]).
+    pub async fn upload(&self, path: &str) -> Result<Upload, StoreError> {
+        let p = ObjPath::from(path);
+        let parts = self
+            .bounded("upload", path, self.inner.put_multipart(&p))
+            .await?;
+        Ok(Upload {
+            inner: object_store::WriteMultipart::new(parts),
+            store: self.clone(),
+            path: path.to_string(),
+        })
+    }
+
+    /// Read `path` as a stream of pieces (each bounded by the store's timeout), so a large
+    /// object never sits whole in memory; `None` if it does not exist.
+    pub async fn get_stream(
+        &self,
+        path: &str,
+    ) -> Result<Option<futures::stream::BoxStream<'static, Result<Bytes, StoreError>>>, StoreError>
+    {
+        use futures::StreamExt;
+        let p = ObjPath::from(path);
+        let fut = async {
+            match self.inner.get(&p).await {
+                Ok(r) => Ok(Some(r)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let Some(r) = self.bounded("get", path, fut).await? else {
+            return Ok(None);
+        };
+        let (store, path, timeout) = (self.name.clone(), path.to_string(), self.timeout);
+        let pieces = r.into_stream();
+        Ok(Some(
+            futures::stream::unfold(Some(pieces), move |pieces| {
+                let (store, path) = (store.clone(), path.clone());
+                async move {
+                    let mut pieces = pieces?;
+                    match tokio::time::timeout(timeout, pieces.next()).await {
+                        Ok(None) => None,
+                        Ok(Some(Ok(b))) => Some((Ok(b), Some(pieces))),
+                        Ok(Some(Err(source))) => Some((
+                            Err(StoreError::Backend {
+                                store,
+                                op: "get",
+                                path,
+                                source: Box::new(source),
+                            }),
+                            None,
+                        )),
+                        Err(_) => Some((
+                            Err(StoreError::Timeout {
+                                store,
+                                op: "get",
+                                path,
+                                timeout,
+                            }),
+                            None,
+                        )),
+                    }
+                }
+            })
+            .boxed(),
+        ))
+    }
+
     /// Read `path`; `None` if it does not exist.
     pub async fn get(&self, path: &str) -> Result<Option<Bytes>, StoreError> {
         let p = ObjPath::from(path);
@@ -241,6 +345,7 @@ impl Store {
             .map(|m| Entry {
                 path: m.location.to_string(),
                 size: m.size,
+                last_modified_ms: m.last_modified.timestamp_millis().max(0) as u64,
             })
             .collect();
         out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -310,6 +415,38 @@ pub mod contract {
             wins += r.await.unwrap() as usize;
         }
         assert_eq!(wins, 1, "exactly one racing create may win");
+        // Large objects in parts: invisible until finished, streamed back whole. 11 MiB
+        // in 1 MiB writes spans several 5 MiB parts (S3's minimum part size).
+        let big: Vec<u8> = (0..11u32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut up = store.upload(&p("big")).await.unwrap();
+        for piece in big.chunks(1 << 20) {
+            up.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        assert_eq!(
+            store.get(&p("big")).await.unwrap(),
+            None,
+            "visible before finish"
+        );
+        up.finish().await.unwrap();
+        let mut stream = store.get_stream(&p("big")).await.unwrap().unwrap();
+        let mut back = Vec::new();
+        while let Some(piece) = futures::StreamExt::next(&mut stream).await {
+            back.extend_from_slice(&piece.unwrap());
+        }
+        assert!(back == big, "multipart round trip differs");
+        assert!(store.get_stream(&p("none")).await.unwrap().is_none());
+        let listed = store.list(base).await.unwrap();
+        let big_entry = listed.iter().find(|e| e.path == p("big")).unwrap();
+        assert_eq!(big_entry.size, big.len() as u64);
+        assert!(
+            big_entry.last_modified_ms > 1_600_000_000_000,
+            "{big_entry:?}"
+        );
+        // An aborted upload leaves nothing.
+        let mut up = store.upload(&p("aborted")).await.unwrap();
+        up.write(Bytes::from_static(b"x")).await.unwrap();
+        up.abort().await;
+        assert_eq!(store.get(&p("aborted")).await.unwrap(), None);
         // delete is idempotent.
         store.delete(&p("hb")).await.unwrap();
         store.delete(&p("hb")).await.unwrap();
