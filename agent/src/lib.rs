@@ -3,6 +3,8 @@
 pub mod actor;
 pub mod agent;
 pub mod aof;
+pub mod backup_catalog;
+pub mod backup_plan;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod plan;
 pub mod redis_client;
 pub mod redis_conf;
 pub mod resp;
+pub mod retention;
 pub mod secrets;
 pub mod sentinel;
 pub mod status;

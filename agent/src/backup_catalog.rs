@@ -1,0 +1,1777 @@
+//! The backup catalog: what a listing of the bucket's `backup/` prefix means — which chains
+//! exist, what each one can restore, what is missing — and the plan for a restore. Pure: the
+//! caller lists the bucket ([`crate::store::Store::list`]) and hands names and sizes in;
+//! nothing here reads, writes or deletes an object. Retention builds on it
+//! ([`crate::retention`]).
+//!
+//! # Object names
+//!
+//! Every backup object lives in the directory of its *chain* under [`BACKUP_PREFIX`]. All
+//! numbers are zero-padded decimal so a plain lexicographic listing is in time and sequence
+//! order. [`ChainId`] and [`ObjectName`] are the only code that formats or parses these names.
+//!
+//! | object | name |
+//! |---|---|
+//! | chain id | `{start_unix_ms:013}-e{epoch:010}-{node}`, node `[a-z0-9-]{1,63}` |
+//! | base | `backup/{chain}/base-{base_seq:06}.rsb` |
+//! | WAL segment | `backup/{chain}/wal/{incr_seq:06}-{offset:016}-{end:016}-{unix_ms:013}.rsb` |
+//! | end marker | `backup/{chain}/end-{unix_ms:013}.rsb` |
+//!
+//! - The base is Redis's AOF base file `appendonly.aof.{base_seq}.base.rdb`; the chain starts
+//!   at `start_unix_ms`, the time of that snapshot.
+//! - A segment holds bytes `[offset, end)` of `appendonly.aof.{incr_seq}.incr.aof`, uploaded
+//!   at `unix_ms` (none of its writes is newer than that).
+//! - The end marker says the primary closed the chain cleanly (demotion, next snapshot) after
+//!   its last segment was uploaded.
+//!
+//! Parsing is strict: a number must read exactly as the formatter writes it, so every parsed
+//! name formats back to itself. A number too big for its width still formats and parses (it
+//! is only wider), but 13 digits of milliseconds last until the year 2286. Anything else under
+//! `backup/` is a *foreign object*: reported with the reason it did not parse, never deleted,
+//! never fatal. Objects outside `backup/` (the failover leases) are not the catalog's business
+//! and are skipped.
+//!
+//! # Chains and their restorable window
+//!
+//! A chain is one base plus the WAL that follows it, written by the primary of one epoch; a
+//! newly promoted primary and every daily snapshot start a new chain. Chains sort by
+//! `(start, epoch, node)` — start time first: epochs can start over (a lost data store rebuilt
+//! on new nodes from its bucket), while wall clocks only drift by seconds.
+//!
+//! The WAL is walked in `(incr_seq, offset)` order with these rules:
+//! - the first segment must start at offset 0 of its incr file, and that incr file is the
+//!   first of the chain (Redis numbers base and incr files with separate counters, so the base
+//!   number says nothing about it);
+//! - inside one incr file a segment joins when its `offset` equals the `end` reached so far;
+//! - the next incr file must be numbered previous + 1 and start at offset 0;
+//! - overlaps: a segment contained in another (a retried upload of the same range, or
+//!   `[0,100)` then `[0,150)` after a shipper crash) is fine — the walk takes the fewest
+//!   objects that reach the furthest boundary, so the covering one is used and the other is
+//!   listed as *redundant*. Objects are never sliced: a restore concatenates whole objects,
+//!   which keeps it simple and lets it check every object's length against its name. So a
+//!   segment starting in the middle of another (`[0,100)` and `[50,150)`) cannot be joined,
+//!   and the bytes only it holds count as missing;
+//! - anything else is a [`Gap`], reported with the missing range. The first gap ends the
+//!   restorable window; the walk goes on past it only to report further gaps.
+//!
+//! A chain is *restorable* when it has a base. Its window runs from its start to the upload
+//! time of the last segment reached without a gap — or to its end marker when the WAL has no
+//! gap, since a cleanly closed chain took no writes after its last segment. A chain with
+//! several bases (a shipper bug) uses the lowest-numbered one and reports the others.
+//!
+//! # Restore
+//!
+//! [`Catalog::restore_plan`] without a target takes the newest restorable chain and its whole
+//! restore path. With a target it takes the newest restorable chain whose window contains it
+//! (chains overlap around a daily snapshot), and the restore path through the first segment
+//! uploaded at or after the target: that segment may hold later writes, so the restore
+//! truncates the AOF at the target. A target outside every window is an error listing the
+//! windows — also one after the newest window's end, as writes after it may never have been
+//! shipped; restoring without a target gives the newest state.
+//!
+//! What the listing cannot show, the shipper's contract covers (and the per-chain manifest
+//! `backup verify` checks): an incr file is uploaded in order to its last byte before any
+//! byte of the next one, so a segment of incr N+1 proves incr N was complete; a whole incr
+//! file lost at the very start or end of a chain is invisible here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+/// Where every backup object lives, relative to the bucket (and its URL's prefix).
+pub const BACKUP_PREFIX: &str = "backup/";
+const SUFFIX: &str = ".rsb";
+const NODE_MAX: usize = 63;
+
+// ---------------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------------
+
+/// Why a name is not a backup object's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NameError(String);
+
+/// A chain's identity: when its base was taken, by the primary of which epoch on which node.
+/// Orders by start time, then epoch, then node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChainId {
+    pub start_unix_ms: u64,
+    pub epoch: u64,
+    pub node: String,
+}
+
+impl ChainId {
+    pub fn new(start_unix_ms: u64, epoch: u64, node: &str) -> Result<ChainId, NameError> {
+        check_node(node)?;
+        Ok(ChainId {
+            start_unix_ms,
+            epoch,
+            node: node.to_string(),
+        })
+    }
+
+    /// `backup/{chain}/`: the directory holding every object of the chain.
+    pub fn dir(&self) -> String {
+        format!("{BACKUP_PREFIX}{self}/")
+    }
+}
+
+impl fmt::Display for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:013}-e{:010}-{}",
+            self.start_unix_ms, self.epoch, self.node
+        )
+    }
+}
+
+impl FromStr for ChainId {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<ChainId, NameError> {
+        let shape = || {
+            NameError(format!(
+                "chain id {s:?} is not {{start:013}}-e{{epoch:010}}-{{node}}"
+            ))
+        };
+        let (start, rest) = s.split_once('-').ok_or_else(shape)?;
+        let rest = rest.strip_prefix('e').ok_or_else(shape)?;
+        let (epoch, node) = rest.split_once('-').ok_or_else(shape)?;
+        let start_unix_ms = fixed(start, 13, "chain start")?;
+        let epoch = fixed(epoch, 10, "epoch")?;
+        ChainId::new(start_unix_ms, epoch, node)
+    }
+}
+
+fn check_node(node: &str) -> Result<(), NameError> {
+    let ok = !node.is_empty()
+        && node.len() <= NODE_MAX
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError(format!(
+            "node {node:?} is not 1-63 characters of a-z, 0-9 and '-'"
+        )))
+    }
+}
+
+/// A zero-padded decimal number exactly as `{n:0width$}` writes it.
+fn fixed(s: &str, width: usize, what: &str) -> Result<u64, NameError> {
+    let bad = || {
+        NameError(format!(
+            "{what} {s:?} is not a {width}-digit zero-padded number"
+        ))
+    };
+    if s.len() < width || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = s.parse().map_err(|_| bad())?;
+    if format!("{n:0width$}") != s {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+/// A parsed backup object name. `path()` and `parse()` are inverses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectName {
+    /// `backup/{chain}/base-{seq:06}.rsb`
+    Base { chain: ChainId, seq: u64 },
+    /// `backup/{chain}/wal/{incr_seq:06}-{offset:016}-{end:016}-{unix_ms:013}.rsb`
+    Segment {
+        chain: ChainId,
+        incr_seq: u64,
+        offset: u64,
+        end: u64,
+        unix_ms: u64,
+    },
+    /// `backup/{chain}/end-{unix_ms:013}.rsb`
+    End { chain: ChainId, unix_ms: u64 },
+}
+
+impl ObjectName {
+    pub fn chain(&self) -> &ChainId {
+        match self {
+            ObjectName::Base { chain, .. }
+            | ObjectName::Segment { chain, .. }
+            | ObjectName::End { chain, .. } => chain,
+        }
+    }
+
+    /// The object's path in the bucket.
+    pub fn path(&self) -> String {
+        match self {
+            ObjectName::Base { chain, seq } => format!("{}base-{seq:06}{SUFFIX}", chain.dir()),
+            ObjectName::Segment {
+                chain,
+                incr_seq,
+                offset,
+                end,
+                unix_ms,
+            } => format!(
+                "{}wal/{incr_seq:06}-{offset:016}-{end:016}-{unix_ms:013}{SUFFIX}",
+                chain.dir()
+            ),
+            ObjectName::End { chain, unix_ms } => {
+                format!("{}end-{unix_ms:013}{SUFFIX}", chain.dir())
+            }
+        }
+    }
+
+    /// Parse a path from a listing; the error says why it is not a backup object.
+    pub fn parse(path: &str) -> Result<ObjectName, NameError> {
+        let rest = path
+            .strip_prefix(BACKUP_PREFIX)
+            .ok_or_else(|| NameError(format!("not under {BACKUP_PREFIX}")))?;
+        let (chain, file, in_wal) = match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [chain, file] => (*chain, *file, false),
+            [chain, "wal", file] => (*chain, *file, true),
+            _ => {
+                return Err(NameError(
+                    "not backup/{chain}/base-…, backup/{chain}/end-… or backup/{chain}/wal/…"
+                        .into(),
+                ))
+            }
+        };
+        let chain: ChainId = chain.parse()?;
+        let stem = file
+            .strip_suffix(SUFFIX)
+            .ok_or_else(|| NameError(format!("{file:?} does not end in {SUFFIX}")))?;
+        if in_wal {
+            let [incr, offset, end, unix_ms] = stem.split('-').collect::<Vec<_>>()[..] else {
+                return Err(NameError(format!(
+                    "WAL segment {file:?} is not {{incr_seq}}-{{offset}}-{{end}}-{{unix_ms}}{SUFFIX}"
+                )));
+            };
+            let incr_seq = fixed(incr, 6, "incr seq")?;
+            let offset = fixed(offset, 16, "offset")?;
+            let end = fixed(end, 16, "end")?;
+            let unix_ms = fixed(unix_ms, 13, "upload time")?;
+            if end < offset {
+                return Err(NameError(format!(
+                    "WAL segment {file:?} ends ({end}) before it starts ({offset})"
+                )));
+            }
+            Ok(ObjectName::Segment {
+                chain,
+                incr_seq,
+                offset,
+                end,
+                unix_ms,
+            })
+        } else if let Some(seq) = stem.strip_prefix("base-") {
+            let seq = fixed(seq, 6, "base seq")?;
+            Ok(ObjectName::Base { chain, seq })
+        } else if let Some(t) = stem.strip_prefix("end-") {
+            let unix_ms = fixed(t, 13, "end time")?;
+            Ok(ObjectName::End { chain, unix_ms })
+        } else {
+            Err(NameError(format!(
+                "{file:?} is neither base-{{seq}}{SUFFIX} nor end-{{unix_ms}}{SUFFIX}"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time and size formatting (no chrono here)
+// ---------------------------------------------------------------------------------------------
+
+/// `2026-11-20T10:00:00Z`, with `.mmm` when the milliseconds are not zero.
+pub fn format_utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let rem = secs % 86_400;
+    let mut s = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    if unix_ms % 1000 != 0 {
+        let _ = write!(s, ".{:03}", unix_ms % 1000);
+    }
+    s.push('Z');
+    s
+}
+
+/// Parse what [`format_utc`] writes (`YYYY-MM-DDTHH:MM:SS[.mmm]Z`), e.g. for `restore --at`.
+pub fn parse_utc(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let (time, ms) = match time.split_once('.') {
+        Some((t, ms)) if ms.len() == 3 => (t, ms.parse::<u64>().ok()?),
+        Some(_) => return None,
+        None => (time, 0),
+    };
+    let num = |p: &str, len: usize| -> Option<u64> {
+        (p.len() == len && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse().ok())?
+    };
+    let [y, mo, d] = date.split('-').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let [h, mi, sec] = time.split(':').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let (y, mo, d) = (num(y, 4)?, num(mo, 2)?, num(d, 2)?);
+    let (h, mi, sec) = (num(h, 2)?, num(mi, 2)?, num(sec, 2)?);
+    if y < 1970 || !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000) + ms)
+}
+
+fn days_in_month(y: u64, m: u64) -> u64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm,
+/// restricted to dates from 1970 on).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// (year ≥ 1970, month, day) → days since 1970-01-01.
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `512 B`, `1.5 KiB`, `12.0 MiB`, …
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The catalog
+// ---------------------------------------------------------------------------------------------
+
+/// One object of a bucket listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub path: String,
+    pub size: u64,
+    /// The store's clock. Not used for decisions: the catalog goes by the times in the names,
+    /// which the writing primary chose.
+    pub last_modified_unix_ms: u64,
+}
+
+/// An object under `backup/` whose name is not a backup object's. Never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignObject {
+    pub path: String,
+    pub size: u64,
+    /// Why the name did not parse.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub path: String,
+    /// Redis's base file number (`appendonly.aof.{seq}.base.rdb`).
+    pub seq: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub path: String,
+    /// Redis's incr file number (`appendonly.aof.{incr_seq}.incr.aof`).
+    pub incr_seq: u64,
+    /// Bytes `[offset, end)` of that file.
+    pub offset: u64,
+    pub end: u64,
+    /// Upload time; none of the segment's writes is newer.
+    pub unix_ms: u64,
+    /// Stored (sealed) size.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndMarker {
+    pub path: String,
+    pub unix_ms: u64,
+    pub size: u64,
+}
+
+/// A byte position in the WAL: an offset in one incr file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub incr_seq: u64,
+    pub offset: u64,
+}
+
+/// WAL the restore cannot use: from `from` (the first byte missing) to `to` (where usable
+/// segments resume, or the furthest byte any segment of that incr file holds). The bytes are
+/// missing, or only inside a segment that starts in the middle of another one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub from: Position,
+    pub to: Position,
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from.incr_seq == self.to.incr_seq {
+            write!(
+                f,
+                "incr {} bytes [{}, {})",
+                self.from.incr_seq, self.from.offset, self.to.offset
+            )
+        } else {
+            write!(
+                f,
+                "incr {} byte {} to incr {} byte {}",
+                self.from.incr_seq, self.from.offset, self.to.incr_seq, self.to.offset
+            )
+        }
+    }
+}
+
+/// The times a chain can restore to, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+}
+
+impl Window {
+    pub fn contains(&self, unix_ms: u64) -> bool {
+        self.start_unix_ms <= unix_ms && unix_ms <= self.end_unix_ms
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} to {}",
+            format_utc(self.start_unix_ms),
+            format_utc(self.end_unix_ms)
+        )
+    }
+}
+
+/// One chain as the listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub id: ChainId,
+    /// The lowest-numbered base of the chain; `None` while it is being uploaded, or after a
+    /// prune deleted it (an orphan).
+    pub base: Option<Base>,
+    /// Further bases (a shipper bug): reported, ignored by the restore.
+    pub extra_bases: Vec<Base>,
+    /// Every segment, sorted by (incr_seq, offset, end, upload time).
+    pub segments: Vec<Segment>,
+    /// Normally none or one.
+    pub end_markers: Vec<EndMarker>,
+    /// The segments a full restore fetches, in order: the fewest objects reaching the first
+    /// gap (or the end of the WAL).
+    pub restore_path: Vec<Segment>,
+    /// Paths of segments no walk uses (contained in others, retried, or joined nowhere).
+    pub redundant: Vec<String>,
+    pub gaps: Vec<Gap>,
+    /// `Some` exactly when the chain has a base.
+    pub window: Option<Window>,
+}
+
+impl Chain {
+    fn build(
+        id: ChainId,
+        mut bases: Vec<Base>,
+        mut segments: Vec<Segment>,
+        mut end_markers: Vec<EndMarker>,
+    ) -> Chain {
+        bases.sort_by(|a, b| (a.seq, &a.path).cmp(&(b.seq, &b.path)));
+        let base = (!bases.is_empty()).then(|| bases.remove(0));
+        segments.sort_by(|a, b| {
+            (a.incr_seq, a.offset, a.end, a.unix_ms, &a.path)
+                .cmp(&(b.incr_seq, b.offset, b.end, b.unix_ms, &b.path))
+        });
+        end_markers.sort_by(|a, b| (a.unix_ms, &a.path).cmp(&(b.unix_ms, &b.path)));
+        let walk = walk(&segments);
+        let restore_path: Vec<Segment> = walk
+            .restore_path
+            .iter()
+            .map(|&i| segments[i].clone())
+            .collect();
+        let redundant = segments
+            .iter()
+            .zip(&walk.used)
+            .filter(|(_, used)| !**used)
+            .map(|(s, _)| s.path.clone())
+            .collect();
+        let window = base.as_ref().map(|_| {
+            let start = id.start_unix_ms;
+            let mut end = restore_path
+                .iter()
+                .map(|s| s.unix_ms)
+                .max()
+                .unwrap_or(start)
+                .max(start);
+            if walk.gaps.is_empty() {
+                if let Some(marker) = end_markers.first() {
+                    end = end.max(marker.unix_ms);
+                }
+            }
+            Window {
+                start_unix_ms: start,
+                end_unix_ms: end,
+            }
+        });
+        Chain {
+            id,
+            base,
+            extra_bases: bases,
+            segments,
+            end_markers,
+            restore_path,
+            redundant,
+            gaps: walk.gaps,
+            window,
+        }
+    }
+
+    /// Whether the chain has a base (and so a window).
+    pub fn restorable(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// Sum of the stored sizes of every object of the chain.
+    pub fn total_bytes(&self) -> u64 {
+        self.base.iter().map(|b| b.size).sum::<u64>()
+            + self.extra_bases.iter().map(|b| b.size).sum::<u64>()
+            + self.segments.iter().map(|s| s.size).sum::<u64>()
+            + self.end_markers.iter().map(|m| m.size).sum::<u64>()
+    }
+
+    /// Every object path of the chain.
+    pub fn paths(&self) -> Vec<&str> {
+        self.base
+            .iter()
+            .chain(&self.extra_bases)
+            .map(|b| b.path.as_str())
+            .chain(self.segments.iter().map(|s| s.path.as_str()))
+            .chain(self.end_markers.iter().map(|m| m.path.as_str()))
+            .collect()
+    }
+
+    /// What an operator should look at, in plain words.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.base.is_none() {
+            out.push("no base: not restorable (still uploading, or a pruned orphan)".to_string());
+        }
+        for b in &self.extra_bases {
+            out.push(format!("extra base {} ignored", b.seq));
+        }
+        for (i, g) in self.gaps.iter().enumerate() {
+            if i == 0 && self.base.is_some() {
+                out.push(format!("WAL gap ends the window: {g}"));
+            } else {
+                out.push(format!("WAL gap: {g}"));
+            }
+        }
+        out
+    }
+
+    /// Base plus the restore path cut after the first segment uploaded at or after `target`
+    /// (that segment may hold writes newer than `target`: the restore truncates it).
+    fn plan(&self, target: Option<u64>) -> Option<RestorePlan> {
+        let base = self.base.clone()?;
+        let window = self.window?;
+        let segments = match target {
+            None => self.restore_path.clone(),
+            Some(t) => {
+                let n = self
+                    .restore_path
+                    .iter()
+                    .position(|s| s.unix_ms >= t)
+                    .map_or(self.restore_path.len(), |i| i + 1);
+                self.restore_path[..n].to_vec()
+            }
+        };
+        Some(RestorePlan {
+            chain: self.id.clone(),
+            target_unix_ms: target,
+            restores_to_unix_ms: target.unwrap_or(window.end_unix_ms),
+            base,
+            segments,
+        })
+    }
+}
+
+struct Walk {
+    restore_path: Vec<usize>,
+    used: Vec<bool>,
+    gaps: Vec<Gap>,
+}
+
+/// The WAL walk of the module doc over sorted segments.
+fn walk(segments: &[Segment]) -> Walk {
+    let mut used = vec![false; segments.len()];
+    let mut gaps = Vec::new();
+    let mut restore_path = Vec::new();
+    let mut broken = false;
+    let mut expected: Option<Position> = None;
+    let mut i = 0;
+    while i < segments.len() {
+        let incr = segments[i].incr_seq;
+        let len = segments[i..]
+            .iter()
+            .take_while(|s| s.incr_seq == incr)
+            .count();
+        let group: Vec<(usize, &Segment)> = (i..i + len).map(|k| (k, &segments[k])).collect();
+        i += len;
+
+        let first = Position {
+            incr_seq: incr,
+            offset: group[0].1.offset,
+        };
+        let want = expected.unwrap_or(Position {
+            incr_seq: incr,
+            offset: 0,
+        });
+        if want != first {
+            gaps.push(Gap {
+                from: want,
+                to: first,
+            });
+            broken = true;
+        }
+        let max_end = group.iter().map(|(_, s)| s.end).max().unwrap_or(0);
+        let mut start = first.offset;
+        loop {
+            let (reached, path) = cover(&group, start);
+            for &k in &path {
+                used[k] = true;
+            }
+            if !broken {
+                restore_path.extend(&path);
+            }
+            let at = |offset| Position {
+                incr_seq: incr,
+                offset,
+            };
+            let next = group
+                .iter()
+                .map(|(_, s)| s.offset)
+                .filter(|&o| o > reached)
+                .min();
+            match next {
+                Some(next) => {
+                    gaps.push(Gap {
+                        from: at(reached),
+                        to: at(next),
+                    });
+                    broken = true;
+                    start = next;
+                }
+                None => {
+                    if max_end > reached {
+                        gaps.push(Gap {
+                            from: at(reached),
+                            to: at(max_end),
+                        });
+                        broken = true;
+                    }
+                    break;
+                }
+            }
+        }
+        expected = Some(Position {
+            incr_seq: incr.saturating_add(1),
+            offset: 0,
+        });
+    }
+    Walk {
+        restore_path,
+        used,
+        gaps,
+    }
+}
+
+/// Inside one incr file (segments sorted by offset): from `start`, the furthest boundary
+/// reachable by joining segments end to start, and the fewest objects (then fewest bytes)
+/// reaching it. Processing by offset is a topological order: a segment ending at `p` starts
+/// before `p`, so `best[p]` is final before any segment starting at `p` is looked at.
+fn cover(group: &[(usize, &Segment)], start: u64) -> (u64, Vec<usize>) {
+    /// The best way found to reach a boundary.
+    #[derive(Clone, Copy)]
+    struct Step {
+        objects: usize,
+        bytes: u64,
+        /// The last segment taken and the boundary it started from.
+        via: Option<(usize, u64)>,
+    }
+    let mut best: BTreeMap<u64, Step> = BTreeMap::new();
+    best.insert(
+        start,
+        Step {
+            objects: 0,
+            bytes: 0,
+            via: None,
+        },
+    );
+    for &(k, s) in group {
+        if s.end <= s.offset || s.offset < start {
+            continue;
+        }
+        let Some(&from) = best.get(&s.offset) else {
+            continue;
+        };
+        let candidate = Step {
+            objects: from.objects + 1,
+            bytes: from.bytes + s.size,
+            via: Some((k, s.offset)),
+        };
+        let better = best
+            .get(&s.end)
+            .is_none_or(|cur| (candidate.objects, candidate.bytes) < (cur.objects, cur.bytes));
+        if better {
+            best.insert(s.end, candidate);
+        }
+    }
+    let reached = *best.keys().next_back().unwrap_or(&start);
+    let mut path = Vec::new();
+    let mut pos = reached;
+    while let Some(&Step {
+        via: Some((k, prev)),
+        ..
+    }) = best.get(&pos)
+    {
+        path.push(k);
+        pos = prev;
+    }
+    path.reverse();
+    (reached, path)
+}
+
+/// What to fetch for a restore, in order: the base, then the segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePlan {
+    pub chain: ChainId,
+    /// The point in time asked for, if any. The last segment may hold writes after it: the
+    /// restore truncates the AOF there.
+    pub target_unix_ms: Option<u64>,
+    /// The target, or the end of the chain's window.
+    pub restores_to_unix_ms: u64,
+    pub base: Base,
+    pub segments: Vec<Segment>,
+}
+
+impl RestorePlan {
+    /// Object paths in fetch order.
+    pub fn paths(&self) -> Vec<&str> {
+        std::iter::once(self.base.path.as_str())
+            .chain(self.segments.iter().map(|s| s.path.as_str()))
+            .collect()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.base.size + self.segments.iter().map(|s| s.size).sum::<u64>()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "no restorable backup: none of the {chains} chain(s) under {BACKUP_PREFIX} has a base \
+         ({foreign} foreign object(s) left alone)"
+    )]
+    NothingRestorable { chains: usize, foreign: usize },
+    #[error("{}", not_covered(*target_unix_ms, windows))]
+    NotCovered {
+        target_unix_ms: u64,
+        /// Every restorable chain's window, in chain order.
+        windows: Vec<(ChainId, Window)>,
+    },
+}
+
+fn not_covered(target: u64, windows: &[(ChainId, Window)]) -> String {
+    let list: Vec<String> = windows
+        .iter()
+        .map(|(id, w)| format!("{w} (chain {id})"))
+        .collect();
+    let oldest = windows.iter().map(|(_, w)| w.start_unix_ms).min();
+    let newest = windows.iter().map(|(_, w)| w.end_unix_ms).max();
+    let hint = match (oldest, newest) {
+        (Some(o), _) if target < o => format!(
+            "it is before the oldest backup ({}); older history was pruned or never taken",
+            format_utc(o)
+        ),
+        (_, Some(n)) if target > n => format!(
+            "it is after the newest restorable point ({}); restore without a time to get it",
+            format_utc(n)
+        ),
+        _ => "it falls between windows (a failover, or a gap in the WAL)".to_string(),
+    };
+    format!(
+        "no restorable chain covers {}: {hint}; restorable windows: {}",
+        format_utc(target),
+        list.join(", ")
+    )
+}
+
+/// Everything under `backup/`, by chain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Catalog {
+    /// Sorted by (start, epoch, node).
+    pub chains: Vec<Chain>,
+    /// Sorted by path.
+    pub foreign: Vec<ForeignObject>,
+}
+
+impl Catalog {
+    /// Build the catalog from a listing (any order; paths outside `backup/` are skipped).
+    pub fn from_listing(objects: &[ListedObject]) -> Catalog {
+        type Parts = (Vec<Base>, Vec<Segment>, Vec<EndMarker>);
+        let mut sorted: Vec<&ListedObject> = objects
+            .iter()
+            .filter(|o| o.path.starts_with(BACKUP_PREFIX))
+            .collect();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        sorted.dedup_by(|a, b| a.path == b.path);
+
+        let mut chains: BTreeMap<ChainId, Parts> = BTreeMap::new();
+        let mut foreign = Vec::new();
+        for o in sorted {
+            let name = match ObjectName::parse(&o.path) {
+                Ok(name) => name,
+                Err(e) => {
+                    foreign.push(ForeignObject {
+                        path: o.path.clone(),
+                        size: o.size,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let parts = chains.entry(name.chain().clone()).or_default();
+            let path = o.path.clone();
+            let size = o.size;
+            match name {
+                ObjectName::Base { seq, .. } => parts.0.push(Base { path, seq, size }),
+                ObjectName::Segment {
+                    incr_seq,
+                    offset,
+                    end,
+                    unix_ms,
+                    ..
+                } => parts.1.push(Segment {
+                    path,
+                    incr_seq,
+                    offset,
+                    end,
+                    unix_ms,
+                    size,
+                }),
+                ObjectName::End { unix_ms, .. } => parts.2.push(EndMarker {
+                    path,
+                    unix_ms,
+                    size,
+                }),
+            }
+        }
+        Catalog {
+            chains: chains
+                .into_iter()
+                .map(|(id, (b, s, e))| Chain::build(id, b, s, e))
+                .collect(),
+            foreign,
+        }
+    }
+
+    pub fn chain(&self, id: &ChainId) -> Option<&Chain> {
+        self.chains.iter().find(|c| &c.id == id)
+    }
+
+    /// The last restorable chain in chain order.
+    pub fn newest_restorable(&self) -> Option<&Chain> {
+        self.chains.iter().rev().find(|c| c.restorable())
+    }
+
+    /// What to fetch to restore the newest state (`None`) or the state at `target_unix_ms`:
+    /// the newest restorable chain (whose window covers the target).
+    pub fn restore_plan(&self, target_unix_ms: Option<u64>) -> Result<RestorePlan, CatalogError> {
+        // Newest first; every restorable chain has a window.
+        let restorable: Vec<(&Chain, Window)> = self
+            .chains
+            .iter()
+            .rev()
+            .filter_map(|c| Some((c, c.window?)))
+            .collect();
+        if restorable.is_empty() {
+            return Err(CatalogError::NothingRestorable {
+                chains: self.chains.len(),
+                foreign: self.foreign.len(),
+            });
+        }
+        let chain = match target_unix_ms {
+            None => restorable[0].0,
+            Some(t) => match restorable.iter().find(|(_, w)| w.contains(t)) {
+                Some((c, _)) => c,
+                None => {
+                    return Err(CatalogError::NotCovered {
+                        target_unix_ms: t,
+                        windows: restorable
+                            .iter()
+                            .rev()
+                            .map(|(c, w)| (c.id.clone(), *w))
+                            .collect(),
+                    })
+                }
+            },
+        };
+        Ok(chain
+            .plan(target_unix_ms)
+            .expect("a chain with a window has a base"))
+    }
+
+    /// The `backup list` table: one line per chain, then the newest restorable point and the
+    /// foreign objects.
+    pub fn render_table(&self) -> String {
+        let header = [
+            "CHAIN",
+            "EPOCH",
+            "NODE",
+            "BASE",
+            "WAL",
+            "WINDOW (UTC)",
+            "SIZE",
+            "PROBLEMS",
+        ];
+        let rows: Vec<[String; 8]> = self
+            .chains
+            .iter()
+            .map(|c| {
+                let base = match &c.base {
+                    Some(b) => format!("#{} {}", b.seq, human_bytes(b.size)),
+                    None => "missing".to_string(),
+                };
+                let mut wal = match (c.segments.first(), c.segments.last()) {
+                    (Some(first), Some(last)) if first.incr_seq == last.incr_seq => {
+                        format!("{} seg, incr {}", c.segments.len(), first.incr_seq)
+                    }
+                    (Some(first), Some(last)) => format!(
+                        "{} seg, incr {}-{}",
+                        c.segments.len(),
+                        first.incr_seq,
+                        last.incr_seq
+                    ),
+                    _ => "none".to_string(),
+                };
+                if !c.redundant.is_empty() {
+                    let _ = write!(wal, " ({} redundant)", c.redundant.len());
+                }
+                let window = c
+                    .window
+                    .map_or_else(|| "not restorable".to_string(), |w| w.to_string());
+                let problems = c.problems();
+                [
+                    c.id.to_string(),
+                    c.id.epoch.to_string(),
+                    c.id.node.clone(),
+                    base,
+                    wal,
+                    window,
+                    human_bytes(c.total_bytes()),
+                    if problems.is_empty() {
+                        "-".to_string()
+                    } else {
+                        problems.join("; ")
+                    },
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let mut line = |cells: &[&str]| {
+            let mut l = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(cell);
+                } else {
+                    let _ = write!(l, "{cell:<w$}  ", w = widths[i]);
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&header);
+        for row in &rows {
+            line(&row.each_ref().map(String::as_str));
+        }
+        if self.chains.is_empty() {
+            out.push_str("(no backup chains)\n");
+        }
+        match self.newest_restorable() {
+            Some(c) => {
+                let w = c.window.expect("restorable chains have a window");
+                let _ = writeln!(
+                    out,
+                    "newest restorable: {} (restores to {})",
+                    c.id,
+                    format_utc(w.end_unix_ms)
+                );
+            }
+            None => out.push_str("newest restorable: none\n"),
+        }
+        if !self.foreign.is_empty() {
+            let _ = writeln!(
+                out,
+                "foreign objects under {BACKUP_PREFIX} (left alone): {}",
+                self.foreign.len()
+            );
+            for f in &self.foreign {
+                let _ = writeln!(out, "  {} ({}): {}", f.path, human_bytes(f.size), f.reason);
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Catalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render_table())
+    }
+}
+
+/// Listings for tests, here and in `retention`.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::*;
+
+    pub const SEC: u64 = 1000;
+    pub const MIN: u64 = 60 * SEC;
+    pub const HOUR: u64 = 60 * MIN;
+    pub const DAY: u64 = 24 * HOUR;
+    /// 2026-11-01T00:00:00Z
+    pub const T0: u64 = 1_793_491_200_000;
+
+    pub fn id(start: u64, epoch: u64, node: &str) -> ChainId {
+        ChainId::new(start, epoch, node).unwrap()
+    }
+
+    pub fn obj(path: String, size: u64) -> ListedObject {
+        ListedObject {
+            path,
+            size,
+            last_modified_unix_ms: 0,
+        }
+    }
+
+    pub fn base(c: &ChainId, seq: u64, size: u64) -> ListedObject {
+        let chain = c.clone();
+        obj(ObjectName::Base { chain, seq }.path(), size)
+    }
+
+    pub fn seg(c: &ChainId, incr_seq: u64, offset: u64, end: u64, unix_ms: u64) -> ListedObject {
+        let chain = c.clone();
+        let name = ObjectName::Segment {
+            chain,
+            incr_seq,
+            offset,
+            end,
+            unix_ms,
+        };
+        obj(name.path(), end - offset + 40)
+    }
+
+    pub fn end(c: &ChainId, unix_ms: u64) -> ListedObject {
+        let chain = c.clone();
+        obj(ObjectName::End { chain, unix_ms }.path(), 40)
+    }
+
+    /// A healthy chain: base, then one 1000-byte segment every `every` ms until `until`
+    /// (incr file `incr`), and an end marker at `closed` if given.
+    pub fn chain(
+        c: &ChainId,
+        incr: u64,
+        every: u64,
+        until: u64,
+        closed: Option<u64>,
+    ) -> Vec<ListedObject> {
+        let mut out = vec![base(c, incr, 5000)];
+        let mut t = c.start_unix_ms + every;
+        let mut off = 0;
+        while t <= until {
+            out.push(seg(c, incr, off, off + 1000, t));
+            off += 1000;
+            t += every;
+        }
+        if let Some(m) = closed {
+            out.push(end(c, m));
+        }
+        out
+    }
+
+    pub fn apply(listing: &[ListedObject], deleted: &[String]) -> Vec<ListedObject> {
+        listing
+            .iter()
+            .filter(|o| !deleted.contains(&o.path))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn chain_ids_round_trip() {
+        let c = id(1_763_632_800_000, 7, "node-a");
+        assert_eq!(c.to_string(), "1763632800000-e0000000007-node-a");
+        assert_eq!(c.dir(), "backup/1763632800000-e0000000007-node-a/");
+        assert_eq!(c.to_string().parse::<ChainId>().unwrap(), c);
+        // Nodes may hold dashes and digits; 63 characters is the limit.
+        let long = "a-".repeat(31) + "b";
+        assert_eq!(long.len(), 63);
+        let c = id(0, 0, &long);
+        assert_eq!(c.to_string().parse::<ChainId>().unwrap(), c);
+        assert_eq!(
+            "0000000000000-e0000000000-9".parse::<ChainId>().unwrap(),
+            id(0, 0, "9")
+        );
+    }
+
+    #[test]
+    fn chain_ids_reject_what_the_formatter_never_writes() {
+        for (s, why) in [
+            ("", "is not {start:013}"),
+            ("1763632800000", "is not {start:013}"),
+            ("1763632800000-0000000007-node-a", "is not {start:013}"),
+            ("1763632800000-e0000000007", "is not {start:013}"),
+            ("176363280000-e0000000007-node-a", "chain start"),
+            ("01763632800000-e0000000007-node-a", "chain start"),
+            ("1763632800000-e000000007-node-a", "epoch"),
+            ("1763632800000-e+000000007-node-a", "epoch"),
+            ("1763632800000-e0000000007-", "node"),
+            ("1763632800000-e0000000007-Node-a", "node"),
+            ("1763632800000-e0000000007-node_a", "node"),
+            ("1763632800000-e0000000007-node.a", "node"),
+        ] {
+            let err = s.parse::<ChainId>().unwrap_err().to_string();
+            assert!(err.contains(why), "{s:?}: {err}");
+        }
+        let too_long = "a".repeat(64);
+        assert!(ChainId::new(0, 0, &too_long).is_err());
+        assert!(ChainId::new(0, 0, "").is_err());
+    }
+
+    #[test]
+    fn object_names_round_trip() {
+        let c = id(1_763_632_800_000, 3, "node-b");
+        let cases = [
+            (
+                ObjectName::Base {
+                    chain: c.clone(),
+                    seq: 12,
+                },
+                "backup/1763632800000-e0000000003-node-b/base-000012.rsb",
+            ),
+            (
+                ObjectName::Segment {
+                    chain: c.clone(),
+                    incr_seq: 13,
+                    offset: 4096,
+                    end: 8192,
+                    unix_ms: 1_763_632_801_000,
+                },
+                "backup/1763632800000-e0000000003-node-b/wal/\
+                 000013-0000000000004096-0000000000008192-1763632801000.rsb",
+            ),
+            (
+                ObjectName::End {
+                    chain: c.clone(),
+                    unix_ms: 1_763_719_200_000,
+                },
+                "backup/1763632800000-e0000000003-node-b/end-1763719200000.rsb",
+            ),
+        ];
+        for (name, path) in cases {
+            assert_eq!(name.path(), path);
+            assert_eq!(name.to_string(), path);
+            assert_eq!(ObjectName::parse(path).unwrap(), name);
+            assert_eq!(name.chain(), &c);
+        }
+        // Random values, including ones wider than their padding: still inverses.
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let chain = id(rng.random(), rng.random(), "n-1");
+            let offset = rng.random_range(0..u64::MAX / 2);
+            let name = match rng.random_range(0..3) {
+                0 => ObjectName::Base {
+                    chain,
+                    seq: rng.random(),
+                },
+                1 => ObjectName::Segment {
+                    chain,
+                    incr_seq: rng.random(),
+                    offset,
+                    end: offset + rng.random_range(0..u64::MAX / 2),
+                    unix_ms: rng.random(),
+                },
+                _ => ObjectName::End {
+                    chain,
+                    unix_ms: rng.random(),
+                },
+            };
+            assert_eq!(ObjectName::parse(&name.path()).unwrap(), name);
+        }
+        // Padding makes listing order the numeric order.
+        let a = ObjectName::Segment {
+            chain: c.clone(),
+            incr_seq: 9,
+            offset: 999,
+            end: 1000,
+            unix_ms: 5,
+        };
+        let b = ObjectName::Segment {
+            chain: c,
+            incr_seq: 10,
+            offset: 0,
+            end: 1,
+            unix_ms: 4,
+        };
+        assert!(a.path() < b.path());
+    }
+
+    #[test]
+    fn object_names_reject_everything_else() {
+        let d = "backup/1763632800000-e0000000003-node-b";
+        for (path, why) in [
+            ("lease/00000000000000000003", "not under backup/"),
+            ("backup/", "not backup/{chain}"),
+            ("backup/README", "not backup/{chain}"),
+            (
+                &format!("{d}/sub/dir/base-000001.rsb"),
+                "not backup/{chain}",
+            ),
+            (&format!("{d}/wal/x/y.rsb"), "not backup/{chain}"),
+            ("backup/latest/base-000001.rsb", "is not {start:013}"),
+            (&format!("{d}/base-000001"), "does not end in .rsb"),
+            (&format!("{d}/base-000001.rsb.tmp"), "does not end in .rsb"),
+            (&format!("{d}/base-1.rsb"), "base seq"),
+            (&format!("{d}/base-0000001.rsb"), "base seq"),
+            (&format!("{d}/manifest.rsb"), "neither base-"),
+            (&format!("{d}/end-176363280000.rsb"), "end time"),
+            (
+                &format!("{d}/wal/000001-0000000000000000-0000000000000100.rsb"),
+                "is not {incr_seq}",
+            ),
+            (
+                &format!("{d}/wal/000001-000000000000000-0000000000000100-1763632800000.rsb"),
+                "offset",
+            ),
+            (
+                &format!("{d}/wal/00000a-0000000000000000-0000000000000100-1763632800000.rsb"),
+                "incr seq",
+            ),
+            (
+                &format!("{d}/wal/000001-0000000000000200-0000000000000100-1763632800000.rsb"),
+                "ends (100) before it starts (200)",
+            ),
+        ] {
+            let err = ObjectName::parse(path).unwrap_err().to_string();
+            assert!(err.contains(why), "{path:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn utc_formatting_round_trips() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(T0), "2026-11-01T00:00:00Z");
+        assert_eq!(
+            format_utc(T0 + 19 * DAY + 10 * HOUR + 5),
+            "2026-11-20T10:00:00.005Z"
+        );
+        assert_eq!(format_utc(4_102_444_800_000), "2100-01-01T00:00:00Z");
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..5000 {
+            let t = rng.random_range(0..9_999_999_999_999);
+            assert_eq!(parse_utc(&format_utc(t)), Some(t), "{}", format_utc(t));
+        }
+        for bad in [
+            "2026-11-20T10:00:00",
+            "2026-11-20 10:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-20T24:00:00Z",
+            "2026-11-20T10:00:00.5Z",
+            "1969-12-31T23:59:59Z",
+            "26-11-20T10:00:00Z",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12 * 1024 * 1024), "12.0 MiB");
+    }
+
+    fn paths(segments: &[Segment]) -> Vec<(u64, u64, u64)> {
+        segments
+            .iter()
+            .map(|s| (s.incr_seq, s.offset, s.end))
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_chain_across_incr_files() {
+        let c = id(T0, 1, "node-a");
+        let listing = vec![
+            // Out of order on purpose: the catalog sorts.
+            seg(&c, 5, 0, 10, T0 + 3 * SEC),
+            base(&c, 4, 5000),
+            seg(&c, 4, 100, 250, T0 + 2 * SEC),
+            seg(&c, 4, 0, 100, T0 + SEC),
+            seg(&c, 5, 10, 20, T0 + 4 * SEC),
+        ];
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.chains.len(), 1);
+        let ch = &cat.chains[0];
+        assert!(ch.restorable());
+        assert_eq!(ch.base.as_ref().unwrap().seq, 4);
+        assert_eq!(
+            paths(&ch.restore_path),
+            [(4, 0, 100), (4, 100, 250), (5, 0, 10), (5, 10, 20)]
+        );
+        assert!(ch.gaps.is_empty() && ch.redundant.is_empty() && ch.problems().is_empty());
+        assert_eq!(
+            ch.window,
+            Some(Window {
+                start_unix_ms: T0,
+                end_unix_ms: T0 + 4 * SEC
+            })
+        );
+        let sizes: u64 = listing.iter().map(|o| o.size).sum();
+        assert_eq!(ch.total_bytes(), sizes);
+        assert_eq!(ch.paths().len(), 5);
+    }
+
+    #[test]
+    fn a_gap_ends_the_window_and_every_gap_is_reported() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            seg(&c, 1, 0, 100, T0 + SEC),
+            seg(&c, 1, 100, 200, T0 + 2 * SEC),
+            // [200, 350) missing
+            seg(&c, 1, 350, 400, T0 + 4 * SEC),
+            seg(&c, 2, 0, 50, T0 + 5 * SEC),
+            // incr 3 and 4 missing
+            seg(&c, 5, 0, 10, T0 + 8 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert_eq!(paths(&ch.restore_path), [(1, 0, 100), (1, 100, 200)]);
+        assert_eq!(ch.window.unwrap().end_unix_ms, T0 + 2 * SEC);
+        let gaps: Vec<String> = ch.gaps.iter().map(Gap::to_string).collect();
+        assert_eq!(
+            gaps,
+            ["incr 1 bytes [200, 350)", "incr 3 byte 0 to incr 5 byte 0"]
+        );
+        assert_eq!(
+            ch.problems(),
+            [
+                "WAL gap ends the window: incr 1 bytes [200, 350)",
+                "WAL gap: incr 3 byte 0 to incr 5 byte 0"
+            ]
+        );
+        // Segments past a gap are not redundant: they belong to the chain, just unusable.
+        assert!(ch.redundant.is_empty());
+    }
+
+    #[test]
+    fn a_missing_incr_file_or_a_late_first_segment_is_a_gap() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            seg(&c, 3, 0, 100, T0 + SEC),
+            seg(&c, 5, 0, 100, T0 + 2 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert_eq!(paths(&ch.restore_path), [(3, 0, 100)]);
+        assert_eq!(ch.gaps.len(), 1);
+        assert_eq!(ch.gaps[0].to_string(), "incr 4 byte 0 to incr 5 byte 0");
+
+        // The first segment must start at offset 0: the window is the base alone.
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            seg(&c, 2, 100, 200, T0 + SEC),
+            seg(&c, 2, 200, 300, T0 + 2 * SEC),
+            end(&c, T0 + 3 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert!(ch.restore_path.is_empty());
+        assert_eq!(ch.gaps[0].to_string(), "incr 2 bytes [0, 100)");
+        // A gap also stops the end marker from stretching the window.
+        assert_eq!(
+            ch.window,
+            Some(Window {
+                start_unix_ms: T0,
+                end_unix_ms: T0
+            })
+        );
+    }
+
+    #[test]
+    fn contained_overlaps_and_retries_use_the_covering_segment() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            // A crash after uploading [0,100): the shipper uploaded [0,150) again.
+            seg(&c, 1, 0, 100, T0 + SEC),
+            seg(&c, 1, 0, 150, T0 + 3 * SEC),
+            seg(&c, 1, 100, 200, T0 + 2 * SEC),
+            seg(&c, 1, 150, 300, T0 + 4 * SEC),
+            // A retried upload of the same range (another upload time).
+            seg(&c, 1, 300, 400, T0 + 5 * SEC),
+            seg(&c, 1, 300, 400, T0 + 6 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert!(ch.gaps.is_empty(), "{:?}", ch.gaps);
+        assert_eq!(
+            paths(&ch.restore_path),
+            [(1, 0, 150), (1, 150, 300), (1, 300, 400)]
+        );
+        // Of two identical ranges, the earlier upload is used (its time bounds its writes).
+        assert_eq!(ch.restore_path[2].unix_ms, T0 + 5 * SEC);
+        assert_eq!(ch.redundant.len(), 3);
+        assert_eq!(ch.window.unwrap().end_unix_ms, T0 + 5 * SEC);
+
+        // Fewest objects, found even when the first choice is a dead end.
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            seg(&c, 1, 0, 100, T0 + SEC),
+            seg(&c, 1, 0, 50, T0 + SEC),
+            seg(&c, 1, 50, 200, T0 + 2 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert!(ch.gaps.is_empty());
+        assert_eq!(paths(&ch.restore_path), [(1, 0, 50), (1, 50, 200)]);
+    }
+
+    #[test]
+    fn a_segment_starting_mid_way_through_another_is_not_joined() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            seg(&c, 1, 0, 100, T0 + SEC),
+            seg(&c, 1, 50, 150, T0 + 2 * SEC),
+            seg(&c, 2, 0, 100, T0 + 3 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert_eq!(paths(&ch.restore_path), [(1, 0, 100)]);
+        assert_eq!(ch.gaps[0].to_string(), "incr 1 bytes [100, 150)");
+        assert_eq!(ch.window.unwrap().end_unix_ms, T0 + SEC);
+    }
+
+    #[test]
+    fn empty_segments_are_harmless() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            base(&c, 1, 10),
+            seg(&c, 1, 0, 0, T0 + SEC),
+            seg(&c, 1, 0, 100, T0 + 2 * SEC),
+            seg(&c, 2, 0, 0, T0 + 3 * SEC),
+            seg(&c, 3, 0, 10, T0 + 4 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert!(ch.gaps.is_empty());
+        assert_eq!(paths(&ch.restore_path), [(1, 0, 100), (3, 0, 10)]);
+        assert_eq!(ch.redundant.len(), 2);
+    }
+
+    #[test]
+    fn end_markers_stretch_a_gapless_window() {
+        let c = id(T0, 1, "node-a");
+        let mut listing = chain(&c, 1, HOUR, T0 + 3 * HOUR, Some(T0 + DAY));
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.chains[0].window.unwrap().end_unix_ms, T0 + DAY);
+        // A base and a marker: nothing was written during the chain.
+        listing.retain(|o| !o.path.contains("/wal/"));
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.chains[0].window.unwrap().end_unix_ms, T0 + DAY);
+        // Without the marker, the window ends at the base.
+        listing.retain(|o| !o.path.contains("/end-"));
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.chains[0].window.unwrap().end_unix_ms, T0);
+    }
+
+    #[test]
+    fn a_chain_without_base_is_listed_but_not_restorable() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            seg(&c, 1, 0, 100, T0 + SEC),
+            seg(&c, 1, 100, 200, T0 + 2 * SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert!(!ch.restorable());
+        assert_eq!(ch.window, None);
+        assert!(ch.problems()[0].starts_with("no base"));
+        assert_eq!(ch.restore_path.len(), 2);
+        assert_eq!(
+            cat.restore_plan(None).unwrap_err().to_string(),
+            "no restorable backup: none of the 1 chain(s) under backup/ has a base \
+             (0 foreign object(s) left alone)"
+        );
+        assert!(matches!(
+            cat.restore_plan(Some(T0 + SEC)),
+            Err(CatalogError::NothingRestorable { chains: 1, .. })
+        ));
+        assert!(matches!(
+            Catalog::from_listing(&[]).restore_plan(None),
+            Err(CatalogError::NothingRestorable { chains: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn extra_bases_are_reported_and_the_lowest_is_used() {
+        let c = id(T0, 1, "node-a");
+        let cat = Catalog::from_listing(&[
+            base(&c, 8, 10),
+            base(&c, 7, 10),
+            seg(&c, 9, 0, 100, T0 + SEC),
+        ]);
+        let ch = &cat.chains[0];
+        assert_eq!(ch.base.as_ref().unwrap().seq, 7);
+        assert_eq!(ch.extra_bases.len(), 1);
+        assert_eq!(ch.problems(), ["extra base 8 ignored"]);
+        assert_eq!(ch.paths().len(), 3);
+    }
+
+    #[test]
+    fn foreign_objects_are_reported_never_fatal_and_leases_are_skipped() {
+        let c = id(T0, 1, "node-a");
+        let mut listing = chain(&c, 1, SEC, T0 + 3 * SEC, None);
+        listing.push(obj("backup/README.txt".into(), 12));
+        listing.push(obj(format!("{}base-000001.rsb.partial", c.dir()), 99));
+        listing.push(obj(format!("{}wal/garbage.rsb", c.dir()), 1));
+        listing.push(obj("lease/00000000000000000004".into(), 30));
+        listing.push(obj("lease/00000000000000000004.heartbeat".into(), 30));
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.chains.len(), 1);
+        assert_eq!(cat.chains[0].restore_path.len(), 3);
+        let foreign: Vec<&str> = cat.foreign.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            foreign,
+            [
+                "backup/1793491200000-e0000000001-node-a/base-000001.rsb.partial",
+                "backup/1793491200000-e0000000001-node-a/wal/garbage.rsb",
+                "backup/README.txt",
+            ]
+        );
+        assert!(cat.foreign[0].reason.contains("does not end in .rsb"));
+        let table = cat.render_table();
+        assert!(
+            table.contains("foreign objects under backup/ (left alone): 3"),
+            "{table}"
+        );
+        assert!(
+            table.contains("backup/README.txt (12 B): not backup/{chain}"),
+            "{table}"
+        );
+        assert!(!table.contains("lease/"), "{table}");
+    }
+
+    #[test]
+    fn chains_of_several_epochs_and_nodes_sort_by_start_time() {
+        let a = id(T0 + DAY, 2, "node-b");
+        let b = id(T0, 1, "node-a");
+        let c = id(T0 + DAY, 1, "node-a");
+        let d = id(T0 + 2 * DAY, 3, "node-c");
+        let mut listing = Vec::new();
+        for x in [&a, &b, &c, &d] {
+            listing.extend(chain(x, 1, HOUR, x.start_unix_ms + 2 * HOUR, None));
+        }
+        let cat = Catalog::from_listing(&listing);
+        let order: Vec<&ChainId> = cat.chains.iter().map(|ch| &ch.id).collect();
+        assert_eq!(order, [&b, &c, &a, &d]);
+        assert_eq!(cat.newest_restorable().unwrap().id, d);
+        assert_eq!(cat.chain(&a).unwrap().id, a);
+    }
+
+    /// Three chains: A (day 0, closed at day 1), B (day 1, a failover at 13:00 with no
+    /// marker), C (day 1 13:05, epoch 2, on node-b, still open), and D (in progress, no base).
+    fn history() -> (Vec<ListedObject>, [ChainId; 4]) {
+        let a = id(T0, 1, "node-a");
+        let b = id(T0 + DAY, 1, "node-a");
+        let c = id(T0 + DAY + 13 * HOUR + 5 * MIN, 2, "node-b");
+        let d = id(T0 + 2 * DAY, 2, "node-b");
+        let mut listing = chain(&a, 1, HOUR, T0 + DAY - HOUR, Some(T0 + DAY + SEC));
+        listing.extend(chain(&b, 2, HOUR, T0 + DAY + 13 * HOUR, None));
+        listing.extend(chain(&c, 1, HOUR, T0 + 2 * DAY, None));
+        listing.push(seg(&d, 2, 0, 100, T0 + 2 * DAY + SEC));
+        (listing, [a, b, c, d])
+    }
+
+    #[test]
+    fn restore_plan_for_the_newest_state() {
+        let (listing, [_, _, c, _]) = history();
+        let cat = Catalog::from_listing(&listing);
+        let plan = cat.restore_plan(None).unwrap();
+        // D has no base yet: C is the newest restorable chain.
+        assert_eq!(plan.chain, c);
+        assert_eq!(plan.target_unix_ms, None);
+        assert_eq!(plan.restores_to_unix_ms, T0 + 2 * DAY - 55 * MIN);
+        assert_eq!(plan.segments.len(), 10);
+        let p = plan.paths();
+        assert_eq!(p.len(), 11);
+        assert!(p[0].ends_with("/base-000001.rsb"));
+        assert!(p[1..].iter().all(|s| s.contains("/wal/")));
+        let mut sorted = p.clone();
+        sorted.sort();
+        assert_eq!(p, sorted, "fetch order is listing order within a chain");
+        assert_eq!(plan.total_bytes(), 5000 + 10 * 1040);
+    }
+
+    #[test]
+    fn restore_plan_for_a_point_in_time() {
+        let (listing, [a, b, c, _]) = history();
+        let cat = Catalog::from_listing(&listing);
+
+        // Inside A's window: base + segments through the first uploaded at or after it.
+        let plan = cat.restore_plan(Some(T0 + 5 * HOUR + 30 * MIN)).unwrap();
+        assert_eq!(plan.chain, a);
+        assert_eq!(plan.segments.len(), 6);
+        assert_eq!(plan.segments[5].unix_ms, T0 + 6 * HOUR);
+        assert_eq!(plan.restores_to_unix_ms, T0 + 5 * HOUR + 30 * MIN);
+        // Exactly on a segment's time: that segment is the last.
+        let plan = cat.restore_plan(Some(T0 + 5 * HOUR)).unwrap();
+        assert_eq!(plan.segments.len(), 5);
+        // The chain's start: the first segment too (the same rule; the restore truncates).
+        let plan = cat.restore_plan(Some(T0)).unwrap();
+        assert_eq!(plan.segments.len(), 1);
+        // After A's last segment, before its marker: A took no writes then, and B starts only
+        // at midnight.
+        let plan = cat.restore_plan(Some(T0 + DAY - 30 * MIN)).unwrap();
+        assert_eq!((plan.chain.clone(), plan.segments.len()), (a.clone(), 23));
+        // A and B overlap between B's start and A's marker: the newer chain wins.
+        let plan = cat.restore_plan(Some(T0 + DAY)).unwrap();
+        assert_eq!(plan.chain, b);
+        assert_eq!(plan.segments.len(), 1);
+        // In C's window.
+        let plan = cat.restore_plan(Some(T0 + DAY + 20 * HOUR)).unwrap();
+        assert_eq!(plan.chain, c);
+
+        // In the failover gap between B (last segment 13:00) and C (13:05).
+        let t = T0 + DAY + 13 * HOUR + 2 * MIN;
+        let err = cat.restore_plan(Some(t)).unwrap_err();
+        assert!(matches!(err, CatalogError::NotCovered { ref windows, .. } if windows.len() == 3));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "no restorable chain covers 2026-11-02T13:02:00Z: it falls between windows"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "restorable windows: 2026-11-01T00:00:00Z to 2026-11-02T00:00:01Z \
+                 (chain 1793491200000-e0000000001-node-a), 2026-11-02T00:00:00Z to \
+                 2026-11-02T13:00:00Z (chain 1793577600000-e0000000001-node-a), \
+                 2026-11-02T13:05:00Z to 2026-11-02T23:05:00Z"
+            ),
+            "{msg}"
+        );
+        // Before any backup.
+        let msg = cat.restore_plan(Some(T0 - 1)).unwrap_err().to_string();
+        assert!(
+            msg.contains("it is before the oldest backup (2026-11-01T00:00:00Z)"),
+            "{msg}"
+        );
+        // After the newest restorable point.
+        let msg = cat
+            .restore_plan(Some(T0 + 2 * DAY))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(
+                "it is after the newest restorable point (2026-11-02T23:05:00Z); \
+                 restore without a time to get it"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_table_shows_every_chain_and_its_problems() {
+        let (mut listing, [_, b, _, _]) = history();
+        listing.retain(|o| {
+            !o.path
+                .ends_with(&format!("{:016}-{:013}.rsb", 4000, T0 + DAY + 4 * HOUR))
+        });
+        listing.push(seg(&b, 2, 0, 1000, T0 + DAY + 2 * HOUR));
+        let table = Catalog::from_listing(&listing).render_table();
+        let expected = "\
+CHAIN                             EPOCH  NODE    BASE        WAL                           WINDOW (UTC)                                  SIZE      PROBLEMS
+1793491200000-e0000000001-node-a  1      node-a  #1 4.9 KiB  23 seg, incr 1                2026-11-01T00:00:00Z to 2026-11-02T00:00:01Z  28.3 KiB  -
+1793577600000-e0000000001-node-a  1      node-a  #2 4.9 KiB  13 seg, incr 2 (1 redundant)  2026-11-02T00:00:00Z to 2026-11-02T03:00:00Z  18.1 KiB  WAL gap ends the window: incr 2 bytes [3000, 4000)
+1793624700000-e0000000002-node-b  2      node-b  #1 4.9 KiB  10 seg, incr 1                2026-11-02T13:05:00Z to 2026-11-02T23:05:00Z  15.0 KiB  -
+1793664000000-e0000000002-node-b  2      node-b  missing     1 seg, incr 2                 not restorable                                140 B     no base: not restorable (still uploading, or a pruned orphan)
+newest restorable: 1793624700000-e0000000002-node-b (restores to 2026-11-02T23:05:00Z)
+";
+        assert_eq!(table, expected, "\n{table}");
+        assert_eq!(
+            Catalog::default().to_string(),
+            "CHAIN  EPOCH  NODE  BASE  WAL  WINDOW (UTC)  SIZE  PROBLEMS\n(no backup chains)\n\
+             newest restorable: none\n"
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! What the backup shipper should upload next, decided from what it has uploaded (a cursor)
+//! and what redis's AOF directory holds now (the manifest and file sizes). Pure: the shipper
+//! (`backup`) reads the directory, asks, carries the steps out in order and advances the
+//! cursor only after each upload succeeded — so a failed or interrupted upload is simply
+//! asked for again, and nothing is ever skipped.
+//!
+//! A chain is one base (an AOF rewrite's RDB) and every byte of the incremental files that
+//! follow it. Any rewrite — the daily snapshot, `backup now`, a new primary's first snapshot,
+//! or one redis starts by itself when the AOF grows — ends the chain: the rest of its files
+//! (history by then, their sizes final) is shipped, and a new chain starts from the new base.
+
+use crate::aof::{Kind, Manifest};
+use std::collections::BTreeMap;
+
+/// How far the current chain has been uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// The base file number the chain starts from.
+    pub base_seq: u64,
+    pub base_uploaded: bool,
+    /// The incremental file being shipped and the offset uploaded up to.
+    pub incr_seq: u64,
+    pub offset: u64,
+}
+
+/// One thing to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Ask redis for an AOF rewrite (a new base): a snapshot.
+    Rewrite,
+    /// Begin a chain on this base (its first incremental file is `first_incr`).
+    StartChain {
+        base_seq: u64,
+        base_file: String,
+        first_incr: u64,
+    },
+    /// Upload the chain's base.
+    UploadBase { base_seq: u64, file: String },
+    /// Upload bytes `[from, to)` of incremental file `incr_seq`.
+    Ship {
+        incr_seq: u64,
+        file: String,
+        from: u64,
+        to: u64,
+    },
+    /// Move the cursor to the start of the next incremental file (the previous one is done).
+    NextIncr { incr_seq: u64 },
+    /// The chain is complete (a rewrite superseded it): mark its end.
+    EndChain,
+    /// Remove history files redis keeps for us (all of them are uploaded).
+    CollectHistory,
+    /// The chain cannot continue (e.g. redis truncated a file we had shipped past when it
+    /// restarted): abandon it and start over with a snapshot.
+    Abandon { reason: String },
+}
+
+/// The situation the shipper sees.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub manifest: Manifest,
+    /// Sizes of the incremental files (current and history) by file number.
+    pub sizes: BTreeMap<u64, u64>,
+    /// A rewrite was requested and has not produced a new base yet: the base number then.
+    pub rewrite_pending_from: Option<u64>,
+    /// A snapshot is due (schedule or `backup now`).
+    pub snapshot_due: bool,
+}
+
+/// The steps to take now. `max_segment` bounds the bytes of one `Ship`.
+pub fn next_steps(cursor: Option<&Cursor>, obs: &Observed, max_segment: u64) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let Some(base) = obs.manifest.base() else {
+        // No base yet (redis is starting): nothing to ship.
+        return steps;
+    };
+    let rewrite_pending = obs.rewrite_pending_from.is_some_and(|from| base.seq <= from);
+    let Some(c) = cursor else {
+        // No chain: start one from a fresh snapshot, never from a base of unknown age.
+        match obs.rewrite_pending_from {
+            Some(from) if base.seq > from => start_chain(obs, &mut steps),
+            Some(_) => {}
+            None => steps.push(Step::Rewrite),
+        }
+        return steps;
+    };
+    if !c.base_uploaded {
+        steps.push(Step::UploadBase {
+            base_seq: c.base_seq,
+            file: base_file_of(obs, c.base_seq),
+        });
+    }
+    // Ship everything of the chain's incremental files, in order, from the cursor.
+    let chain_incrs = chain_incrs(obs, c);
+    let mut at = (c.incr_seq, c.offset);
+    for (seq, file) in &chain_incrs {
+        if *seq < at.0 {
+            continue;
+        }
+        let from = if *seq == at.0 { at.1 } else { 0 };
+        if *seq != at.0 {
+            steps.push(Step::NextIncr { incr_seq: *seq });
+        }
+        let Some(&size) = obs.sizes.get(seq) else {
+            steps.push(Step::Abandon {
+                reason: format!("{file} is gone before it was uploaded"),
+            });
+            return steps;
+        };
+        if size < from {
+            steps.push(Step::Abandon {
+                reason: format!(
+                    "{file} shrank to {size} bytes, below the {from} already uploaded (redis \
+                     truncated it when it restarted)"
+                ),
+            });
+            return steps;
+        }
+        let mut pos = from;
+        while pos < size {
+            let to = size.min(pos + max_segment);
+            steps.push(Step::Ship {
+                incr_seq: *seq,
+                file: file.clone(),
+                from: pos,
+                to,
+            });
+            pos = to;
+        }
+        at = (*seq, size);
+    }
+    if chain_incrs.is_empty() && c.incr_seq != 0 && base.seq == c.base_seq {
+        steps.push(Step::Abandon {
+            reason: format!(
+                "incremental file {} of the chain is not in the manifest",
+                c.incr_seq
+            ),
+        });
+        return steps;
+    }
+    if base.seq != c.base_seq {
+        // A rewrite ended this chain: its files are history now and complete.
+        steps.push(Step::EndChain);
+        start_chain(obs, &mut steps);
+        return steps;
+    }
+    if obs.snapshot_due && !rewrite_pending {
+        steps.push(Step::Rewrite);
+    }
+    steps
+}
+
+/// Incremental files that belong to the cursor's chain, in order: those numbered from the
+/// chain's first up to (not including) the next base's.
+fn chain_incrs(obs: &Observed, c: &Cursor) -> Vec<(u64, String)> {
+    let base = obs.manifest.base().map(|b| b.seq).unwrap_or(0);
+    let mut v: Vec<(u64, String)> = obs
+        .manifest
+        .entries
+        .iter()
+        .filter(|e| e.is_incr_file() && e.kind != Kind::Base)
+        .filter(|e| e.seq >= c.base_seq && (base == c.base_seq || e.seq < base))
+        .map(|e| (e.seq, e.file.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn base_file_of(obs: &Observed, seq: u64) -> String {
+    obs.manifest
+        .entries
+        .iter()
+        .find(|e| e.seq == seq && e.file.ends_with(".base.rdb"))
+        .map(|e| e.file.clone())
+        .unwrap_or_else(|| format!("base {seq}"))
+}
+
+fn start_chain(obs: &Observed, steps: &mut Vec<Step>) {
+    let Some(base) = obs.manifest.base() else {
+        return;
+    };
+    let first_incr = obs
+        .manifest
+        .incrs()
+        .map(|e| e.seq)
+        .min()
+        .unwrap_or(base.seq);
+    steps.push(Step::StartChain {
+        base_seq: base.seq,
+        base_file: base.file.clone(),
+        first_incr,
+    });
+    steps.push(Step::UploadBase {
+        base_seq: base.seq,
+        file: base.file.clone(),
+    });
+    if obs.manifest.has_history() {
+        steps.push(Step::CollectHistory);
+    }
+}
+
+/// Where the cursor stands after `step` succeeded.
+pub fn advance(cursor: Option<Cursor>, step: &Step) -> Option<Cursor> {
+    match step {
+        Step::StartChain {
+            base_seq,
+            first_incr,
+            ..
+        } => Some(Cursor {
+            base_seq: *base_seq,
+            base_uploaded: false,
+            incr_seq: *first_incr,
+            offset: 0,
+        }),
+        Step::UploadBase { .. } => cursor.map(|c| Cursor {
+            base_uploaded: true,
+            ..c
+        }),
+        Step::Ship { incr_seq, to, .. } => cursor.map(|c| Cursor {
+            incr_seq: *incr_seq,
+            offset: *to,
+            ..c
+        }),
+        Step::NextIncr { incr_seq } => cursor.map(|c| Cursor {
+            incr_seq: *incr_seq,
+            offset: 0,
+            ..c
+        }),
+        Step::EndChain | Step::Abandon { .. } => None,
+        Step::Rewrite | Step::CollectHistory => cursor,
+    }
+}
+
+/// Bytes written to the chain's files but not uploaded yet (the backup lag).
+pub fn lag_bytes(cursor: Option<&Cursor>, obs: &Observed) -> u64 {
+    let Some(c) = cursor else {
+        return obs.sizes.values().sum();
+    };
+    chain_incrs(obs, c)
+        .iter()
+        .map(|(seq, _)| {
+            let size = obs.sizes.get(seq).copied().unwrap_or(0);
+            match seq.cmp(&c.incr_seq) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Equal => size.saturating_sub(c.offset),
+                std::cmp::Ordering::Greater => size,
+            }
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(base: u64, incrs: &[u64], history: &[u64]) -> Manifest {
+        let mut text = format!("file appendonly.aof.{base}.base.rdb seq {base} type b\n");
+        for h in history {
+            text += &format!("file appendonly.aof.{h}.incr.aof seq {h} type h\n");
+            text += &format!("file appendonly.aof.{h}.base.rdb seq {h} type h\n");
+        }
+        for i in incrs {
+            text += &format!("file appendonly.aof.{i}.incr.aof seq {i} type i\n");
+        }
+        Manifest::parse(&text).unwrap()
+    }
+
+    fn obs(m: Manifest, sizes: &[(u64, u64)]) -> Observed {
+        Observed {
+            manifest: m,
+            sizes: sizes.iter().copied().collect(),
+            ..Observed::default()
+        }
+    }
+
+    /// Carry out `steps` as if every upload succeeded.
+    fn run(mut cursor: Option<Cursor>, steps: &[Step]) -> Option<Cursor> {
+        for s in steps {
+            cursor = advance(cursor, s);
+        }
+        cursor
+    }
+
+    fn ships(steps: &[Step]) -> Vec<(u64, u64, u64)> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Ship {
+                    incr_seq, from, to, ..
+                } => Some((*incr_seq, *from, *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_chain_starts_with_a_fresh_snapshot() {
+        let mut o = obs(manifest(1, &[1], &[]), &[(1, 500)]);
+        assert_eq!(next_steps(None, &o, 1 << 20), vec![Step::Rewrite]);
+        // Waiting for the rewrite: nothing.
+        o.rewrite_pending_from = Some(1);
+        assert!(next_steps(None, &o, 1 << 20).is_empty());
+        // It finished: base 2 with incr 2; the old files are history.
+        let mut o = obs(manifest(2, &[2], &[1]), &[(1, 500), (2, 0)]);
+        o.rewrite_pending_from = Some(1);
+        let steps = next_steps(None, &o, 1 << 20);
+        assert_eq!(
+            steps,
+            vec![
+                Step::StartChain {
+                    base_seq: 2,
+                    base_file: "appendonly.aof.2.base.rdb".into(),
+                    first_incr: 2
+                },
+                Step::UploadBase {
+                    base_seq: 2,
+                    file: "appendonly.aof.2.base.rdb".into()
+                },
+                Step::CollectHistory,
+            ]
+        );
+        let c = run(None, &steps).unwrap();
+        assert_eq!(
+            c,
+            Cursor {
+                base_seq: 2,
+                base_uploaded: true,
+                incr_seq: 2,
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn new_bytes_are_shipped_in_bounded_segments_and_nothing_when_idle() {
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 100,
+        };
+        let o = obs(manifest(2, &[2], &[]), &[(2, 100)]);
+        assert!(next_steps(Some(&c), &o, 64).is_empty(), "idle: nothing");
+        let o = obs(manifest(2, &[2], &[]), &[(2, 300)]);
+        let steps = next_steps(Some(&c), &o, 64);
+        assert_eq!(
+            ships(&steps),
+            vec![
+                (2, 100, 164),
+                (2, 164, 228),
+                (2, 228, 292),
+                (2, 292, 300)
+            ]
+        );
+        assert_eq!(lag_bytes(Some(&c), &o), 200);
+        let after = run(Some(c), &steps).unwrap();
+        assert_eq!(after.offset, 300);
+        assert_eq!(lag_bytes(Some(&after), &o), 0);
+    }
+
+    #[test]
+    fn a_failed_upload_is_asked_for_again() {
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 0,
+        };
+        let o = obs(manifest(2, &[2], &[]), &[(2, 50)]);
+        let first = next_steps(Some(&c), &o, 1 << 20);
+        // The upload failed: the cursor did not move, so the same range comes back.
+        assert_eq!(next_steps(Some(&c), &o, 1 << 20), first);
+        // A base that failed to upload is retried before any WAL.
+        let c = Cursor {
+            base_uploaded: false,
+            ..c
+        };
+        assert!(matches!(
+            next_steps(Some(&c), &o, 1 << 20)[0],
+            Step::UploadBase { base_seq: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_rewrite_finishes_the_old_chain_then_starts_a_new_one() {
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 80,
+        };
+        // Redis rewrote (by itself or for a snapshot): incr 2 is history, final at 120.
+        let o = obs(manifest(3, &[3], &[2]), &[(2, 120), (3, 10)]);
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert_eq!(ships(&steps), vec![(2, 80, 120)]);
+        let end = steps.iter().position(|s| *s == Step::EndChain).unwrap();
+        let start = steps
+            .iter()
+            .position(|s| matches!(s, Step::StartChain { base_seq: 3, .. }))
+            .unwrap();
+        assert!(end < start, "the old chain ends before the new one starts: {steps:?}");
+        assert!(steps.contains(&Step::CollectHistory));
+        let c = run(Some(c), &steps).unwrap();
+        assert_eq!((c.base_seq, c.incr_seq, c.offset), (3, 3, 0));
+        // Next tick ships incr 3.
+        assert_eq!(ships(&next_steps(Some(&c), &o, 1 << 20)), vec![(3, 0, 10)]);
+    }
+
+    #[test]
+    fn several_incremental_files_of_one_base_are_shipped_in_order() {
+        // A failed rewrite can leave two incr files on one base.
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 5,
+        };
+        let o = obs(manifest(2, &[2, 3], &[]), &[(2, 10), (3, 7)]);
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert_eq!(ships(&steps), vec![(2, 5, 10), (3, 0, 7)]);
+        assert!(steps.contains(&Step::NextIncr { incr_seq: 3 }));
+        let c = run(Some(c), &steps).unwrap();
+        assert_eq!((c.incr_seq, c.offset), (3, 7));
+    }
+
+    #[test]
+    fn a_truncated_or_vanished_file_abandons_the_chain() {
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 100,
+        };
+        let o = obs(manifest(2, &[2], &[]), &[(2, 90)]);
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert!(
+            matches!(&steps[..], [Step::Abandon { reason }] if reason.contains("shrank")),
+            "{steps:?}"
+        );
+        assert_eq!(run(Some(c.clone()), &steps), None);
+        let o = obs(manifest(2, &[2], &[]), &[]);
+        assert!(matches!(
+            &next_steps(Some(&c), &o, 1 << 20)[..],
+            [Step::Abandon { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_due_snapshot_asks_for_one_rewrite() {
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 10,
+        };
+        let mut o = obs(manifest(2, &[2], &[]), &[(2, 10)]);
+        o.snapshot_due = true;
+        assert_eq!(next_steps(Some(&c), &o, 1 << 20), vec![Step::Rewrite]);
+        o.rewrite_pending_from = Some(2);
+        assert!(next_steps(Some(&c), &o, 1 << 20).is_empty());
+    }
+}
