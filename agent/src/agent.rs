@@ -116,6 +116,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         maxmemory_mb,
         maxmemory_policy: &cfg.redis.maxmemory_policy,
         highly_available: cluster_key.is_some(),
+        keep_aof_history: cfg.backup.as_ref().is_some_and(|b| b.key_file.is_some()),
     });
     write_file_atomic(&layout.redis_conf(), conf.as_bytes(), 0o600)?;
     let acl = redis_conf::render_acl(
@@ -198,6 +199,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         None => (None, None, None),
     };
 
+    let backup = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
+        Some(b) => Some(start_backup(&cfg, b, &layout, &secrets, ha.as_ref())?),
+        None => None,
+    };
+
     let api_state = Arc::new(ApiState {
         static_info: StaticInfo {
             data_store_id: cfg.data_store_id.clone(),
@@ -215,6 +221,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         ha_commands,
         gossip_counters,
         hook_counters: hook.as_ref().map(|h| h.counters.clone()),
+        backup: backup.as_ref().map(|(h, tx)| (h.state.clone(), tx.clone())),
     });
     let (view_tx, view_rx) = watch::channel(crate::sentinel::SentinelView::default());
     let view_task = tokio::spawn(feed_sentinel_view(
@@ -252,6 +259,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     info!("shutting down");
     Notifier::from_env().stopping();
+    if let Some((backup, _)) = backup {
+        backup.shutdown().await;
+    }
     if let Some(ha) = ha {
         ha.shutdown().await;
     }
@@ -268,6 +278,58 @@ pub async fn run(cfg: Config) -> Result<()> {
     view_task.abort();
     info!("agent stopped");
     Ok(())
+}
+
+/// Start the backup shipper; it uploads while this node is the writable primary.
+fn start_backup(
+    cfg: &Config,
+    b: &crate::config::BackupConfig,
+    layout: &Layout,
+    secrets: &secrets::AgentSecrets,
+    ha: Option<&crate::ha::HaHandle>,
+) -> Result<(
+    crate::backup::BackupHandle,
+    tokio::sync::mpsc::Sender<crate::backup::BackupCommand>,
+)> {
+    let key_file = b.key_file.as_ref().expect("filtered by the caller");
+    let keys = crate::backup_keys::KeyRing::load(key_file, &b.previous_key_files)
+        .context("config key `backup.key_file`")?;
+    let store = crate::store::Store::open(&b.url, &b.options).context("config key `backup.url`")?;
+    // Who may upload: the writable primary of the current epoch (one node: always).
+    let (role_tx, role_rx) = watch::channel(if ha.is_some() { None } else { Some(1) });
+    if let Some(ha) = ha {
+        let mut st = ha.state.clone();
+        tokio::spawn(async move {
+            loop {
+                let role = {
+                    let s = st.borrow_and_update();
+                    (s.role == "primary" && s.writable).then_some(s.epoch)
+                };
+                role_tx.send_if_modified(|r| std::mem::replace(r, role) != role);
+                if st.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(crate::backup::spawn(
+        crate::backup::BackupSettings {
+            store,
+            keys: Arc::new(keys),
+            data_store: cfg.data_store_id.clone(),
+            node: cfg.node_name.clone(),
+            aof_dir: layout.aof_dir(),
+            socket: layout.redis_socket(),
+            admin_user: ADMIN_USER.into(),
+            admin_password: secrets.admin_password.clone(),
+            wal_interval: b.wal_interval,
+            snapshot_time: b.snapshot_time,
+            spool_limit_bytes: b.spool_limit_bytes,
+            zstd_level: b.zstd_level,
+            history: crate::retention::history_for(cfg.plan),
+        },
+        role_rx,
+    ))
 }
 
 /// Keep the Sentinel port's view in step with the election (HA) or redis's health (one

@@ -28,6 +28,11 @@ pub struct ApiState {
     pub ha_commands: Option<tokio::sync::mpsc::Sender<crate::ha::HaCommand>>,
     pub gossip_counters: Option<Arc<crate::gossip::transport::GossipCounters>>,
     pub hook_counters: Option<Arc<crate::hook::HookCounters>>,
+    /// Backups on: the shipper's state and its command channel (`backup now`).
+    pub backup: Option<(
+        watch::Receiver<crate::backup::BackupStatus>,
+        tokio::sync::mpsc::Sender<crate::backup::BackupCommand>,
+    )>,
 }
 
 /// The answer to `POST /switchover`.
@@ -45,12 +50,17 @@ struct SwitchoverQuery {
 impl ApiState {
     pub fn status(&self) -> NodeStatus {
         let ha = self.ha.as_ref().map(|h| h.borrow().clone());
-        status::build(
+        let mut s = status::build(
             &self.static_info,
             &self.redis.borrow(),
             ha,
             self.started.elapsed().as_secs(),
-        )
+        );
+        status::add_backup(
+            &mut s,
+            self.backup.as_ref().map(|(b, _)| b.borrow().clone()),
+        );
+        s
     }
 }
 
@@ -60,7 +70,43 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_health))
         .route("/switchover", axum::routing::post(post_switchover))
+        .route("/backup", axum::routing::post(post_backup))
         .with_state(state)
+}
+
+/// `backup now`: a snapshot on this node (the primary); answers once it is uploaded.
+async fn post_backup(State(s): State<Arc<ApiState>>) -> (StatusCode, Json<SwitchoverAnswer>) {
+    let answer =
+        |code, started, message: String| (code, Json(SwitchoverAnswer { started, message }));
+    let Some((_, commands)) = &s.backup else {
+        return answer(
+            StatusCode::CONFLICT,
+            false,
+            "backups are off: set backup.url and backup.key_file".into(),
+        );
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if commands
+        .send(crate::backup::BackupCommand::SnapshotNow(reply))
+        .await
+        .is_err()
+    {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            false,
+            "the backup shipper is not running".into(),
+        );
+    }
+    // A snapshot of a large data store takes a while; the CLI waits as long.
+    match tokio::time::timeout(Duration::from_secs(3600), rx).await {
+        Ok(Ok(Ok(m))) => answer(StatusCode::OK, true, m),
+        Ok(Ok(Err(why))) => answer(StatusCode::CONFLICT, false, why),
+        _ => answer(
+            StatusCode::GATEWAY_TIMEOUT,
+            false,
+            "no snapshot within an hour".into(),
+        ),
+    }
 }
 
 /// Ask the primary (through this node's election loop) for a planned switchover. Answers
@@ -120,6 +166,12 @@ async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     }
     if let Some(h) = &s.ha {
         s.metrics.observe_ha(&h.borrow());
+    }
+    if let Some((b, _)) = &s.backup {
+        s.metrics.observe_backup(&b.borrow());
+    }
+    if let Some(c) = &s.hook_counters {
+        s.metrics.observe_hook(c);
     }
     (
         [(

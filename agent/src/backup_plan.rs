@@ -73,7 +73,9 @@ pub fn next_steps(cursor: Option<&Cursor>, obs: &Observed, max_segment: u64) -> 
         // No base yet (redis is starting): nothing to ship.
         return steps;
     };
-    let rewrite_pending = obs.rewrite_pending_from.is_some_and(|from| base.seq <= from);
+    let rewrite_pending = obs
+        .rewrite_pending_from
+        .is_some_and(|from| base.seq <= from);
     let Some(c) = cursor else {
         // No chain: start one from a fresh snapshot, never from a base of unknown age.
         match obs.rewrite_pending_from {
@@ -345,12 +347,7 @@ mod tests {
         let steps = next_steps(Some(&c), &o, 64);
         assert_eq!(
             ships(&steps),
-            vec![
-                (2, 100, 164),
-                (2, 164, 228),
-                (2, 228, 292),
-                (2, 292, 300)
-            ]
+            vec![(2, 100, 164), (2, 164, 228), (2, 228, 292), (2, 292, 300)]
         );
         assert_eq!(lag_bytes(Some(&c), &o), 200);
         let after = run(Some(c), &steps).unwrap();
@@ -398,7 +395,10 @@ mod tests {
             .iter()
             .position(|s| matches!(s, Step::StartChain { base_seq: 3, .. }))
             .unwrap();
-        assert!(end < start, "the old chain ends before the new one starts: {steps:?}");
+        assert!(
+            end < start,
+            "the old chain ends before the new one starts: {steps:?}"
+        );
         assert!(steps.contains(&Step::CollectHistory));
         let c = run(Some(c), &steps).unwrap();
         assert_eq!((c.base_seq, c.incr_seq, c.offset), (3, 3, 0));

@@ -34,6 +34,9 @@ EXAMPLES:
   redis-steward status
   redis-steward status --json --api 127.0.0.1:7480
   redis-steward switchover --to node-2
+  redis-steward backup now
+  redis-steward backup list
+  redis-steward backup verify [--chain CHAIN]
   redis-steward keygen /etc/redis-steward/gossip.key
 
 FILES:
@@ -98,6 +101,11 @@ enum Cmd {
         /// How long to wait for the new primary, in seconds.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         wait: u64,
+    },
+    /// Backups: take a snapshot now, list what the backup store holds, or verify it.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCmd,
     },
     /// Write a new random 32-byte data-store key (hex, mode 0600), e.g. the gossip key that
     /// every node of an HA data store shares. Refuses to overwrite an existing file.
@@ -172,6 +180,97 @@ async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Res
     )
 }
 
+#[derive(Debug, Subcommand)]
+enum BackupCmd {
+    /// Take a snapshot now (a new chain) on the running agent, which must be the primary;
+    /// waits until it is uploaded.
+    Now {
+        /// Configuration file (to find api.listen).
+        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Agent API address, overriding the config file.
+        #[arg(long, value_name = "IP:PORT")]
+        api: Option<SocketAddr>,
+    },
+    /// List the chains in the backup store (reads the store directly; no agent needed):
+    /// bases, WAL segment ranges, the restorable window, sizes and any problem found.
+    List {
+        /// Configuration file (backup.url and its options).
+        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Download and authenticate every object of one chain (or all), with the configured
+    /// keys; exits 1 naming each object that fails (altered, truncated, foreign, wrong key).
+    Verify {
+        /// Configuration file (backup.url, options and keys).
+        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this chain (an id from `backup list`).
+        #[arg(long, value_name = "CHAIN")]
+        chain: Option<String>,
+    },
+}
+
+fn backup(action: BackupCmd) -> Result<()> {
+    let open_store =
+        |config: &std::path::Path| -> Result<(config::BackupConfig, crate::store::Store)> {
+            let cfg = config::load(config)?;
+            let b = cfg
+                .backup
+                .context("no [backup] section in the config: backups are off")?;
+            let store =
+                crate::store::Store::open(&b.url, &b.options).context("config key `backup.url`")?;
+            Ok((b, store))
+        };
+    match action {
+        BackupCmd::Now { config, api } => {
+            let addr = api_addr(api, &config)?;
+            runtime()?.block_on(async {
+                let (code, body) =
+                    crate::api::http_request(addr, "POST", "/backup", Duration::from_secs(3700))
+                        .await?;
+                let answer: crate::api::SwitchoverAnswer = serde_json::from_str(&body)
+                    .with_context(|| format!("agent API answered {code}: {}", body.trim()))?;
+                if !answer.started {
+                    anyhow::bail!("no snapshot: {}", answer.message);
+                }
+                println!("{}", answer.message);
+                Ok(())
+            })
+        }
+        BackupCmd::List { config } => {
+            let (_, store) = open_store(&config)?;
+            let cat = runtime()?.block_on(crate::restore::catalog(&store))?;
+            print!("{}", cat.render_table());
+            Ok(())
+        }
+        BackupCmd::Verify { config, chain } => {
+            let (b, store) = open_store(&config)?;
+            let key = b
+                .key_file
+                .as_ref()
+                .context("backup.key_file is not set: cannot read backups")?;
+            let keys = crate::backup_keys::KeyRing::load(key, &b.previous_key_files)
+                .context("config key `backup.key_file`")?;
+            let v = runtime()?.block_on(crate::restore::verify(&store, &keys, chain.as_deref()))?;
+            for (object, e) in &v.failures {
+                eprintln!("FAILED {object}: {e}");
+            }
+            println!(
+                "{} object(s) authenticated, {} bytes of plaintext; {} failed",
+                v.objects,
+                v.bytes,
+                v.failures.len()
+            );
+            if v.failures.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{} backup object(s) failed verification", v.failures.len())
+            }
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -206,6 +305,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let addr = api_addr(api, &config)?;
             runtime()?.block_on(switchover(addr, to, Duration::from_secs(wait)))
         }
+        Cmd::Backup { action } => backup(action),
         Cmd::Status { config, api, json } => {
             let addr = api_addr(api, &config)?;
             let status = runtime()?.block_on(crate::api::fetch_status(addr))?;

@@ -101,6 +101,12 @@ struct RawClusterNode {
 #[serde(deny_unknown_fields)]
 struct RawBackup {
     url: Option<String>,
+    key_file: Option<PathBuf>,
+    previous_key_files: Option<Vec<PathBuf>>,
+    snapshot_time: Option<String>,
+    wal_interval_ms: Option<i64>,
+    spool_limit_mb: Option<i64>,
+    zstd_level: Option<i64>,
     #[serde(default)]
     options: std::collections::BTreeMap<String, String>,
 }
@@ -203,6 +209,18 @@ pub struct BackupConfig {
     pub url: String,
     /// object_store settings (endpoint, region, credentials …); never printed.
     pub options: std::collections::BTreeMap<String, String>,
+    /// The key new backup objects are sealed with; `None`: no backups (the bucket then only
+    /// holds the two-node failover lease), which status reports as a warning.
+    pub key_file: Option<PathBuf>,
+    /// Older keys, still needed to read objects sealed before a rotation.
+    pub previous_key_files: Vec<PathBuf>,
+    /// The daily snapshot's time of day, UTC: (hour, minute).
+    pub snapshot_time: (u8, u8),
+    pub wal_interval: std::time::Duration,
+    /// Bytes of WAL not yet uploaded above which the agent raises the alarm (nothing is
+    /// dropped: redis keeps the files until they are uploaded).
+    pub spool_limit_bytes: u64,
+    pub zstd_level: i32,
 }
 
 impl fmt::Debug for BackupConfig {
@@ -542,6 +560,13 @@ impl RawHooks {
     }
 }
 
+/// "HH:MM" (24 h) to (hour, minute).
+fn parse_time_of_day(s: &str) -> Option<(u8, u8)> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u8, u8) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some((h, m))
+}
+
 fn port(key: &str, v: i64) -> Result<u16, ConfigError> {
     match v {
         1..=65535 => Ok(v as u16),
@@ -651,9 +676,48 @@ impl RawBackup {
                 format!("{url:?} must start with file://, s3://, gs:// or az://"),
             ));
         }
+        if let Some(k) = &self.key_file {
+            check_file("backup.key_file", k)?;
+        }
+        for k in self.previous_key_files.iter().flatten() {
+            check_file("backup.previous_key_files", k)?;
+        }
+        let snapshot_time = parse_time_of_day(self.snapshot_time.as_deref().unwrap_or("03:00"))
+            .ok_or_else(|| {
+                err(
+                    "backup.snapshot_time",
+                    "must be a UTC time of day like \"03:30\"",
+                )
+            })?;
+        let wal_interval_ms = match self.wal_interval_ms.unwrap_or(1000) {
+            v @ 100..=60_000 => v as u64,
+            v => {
+                return Err(err(
+                    "backup.wal_interval_ms",
+                    format!("{v} is not between 100 and 60000"),
+                ))
+            }
+        };
+        let spool_limit_mb =
+            positive_mb("backup.spool_limit_mb", self.spool_limit_mb)?.unwrap_or(1024);
+        let zstd_level = match self.zstd_level.unwrap_or(3) {
+            v @ 1..=19 => v as i32,
+            v => {
+                return Err(err(
+                    "backup.zstd_level",
+                    format!("{v} is not between 1 and 19"),
+                ))
+            }
+        };
         Ok(BackupConfig {
             url,
             options: self.options,
+            key_file: self.key_file,
+            previous_key_files: self.previous_key_files.unwrap_or_default(),
+            snapshot_time,
+            wal_interval: std::time::Duration::from_millis(wal_interval_ms),
+            spool_limit_bytes: spool_limit_mb << 20,
+            zstd_level,
         })
     }
 }
@@ -850,6 +914,31 @@ password = "correct-horse"
 
     fn parse_err(text: &str) -> ConfigError {
         parse(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn backup_settings_are_checked() {
+        let with = |extra: &str| format!("{}[backup]\nurl = \"file:///tmp/b\"\n{extra}", base());
+        let c = parse(&with("")).unwrap().backup.unwrap();
+        assert_eq!(c.snapshot_time, (3, 0));
+        assert_eq!(c.wal_interval, std::time::Duration::from_secs(1));
+        assert_eq!(c.key_file, None);
+        assert_eq!(c.spool_limit_bytes, 1 << 30);
+        for (extra, key) in [
+            ("snapshot_time = \"25:00\"\n", "backup.snapshot_time"),
+            ("snapshot_time = \"3:00\"\n", "backup.snapshot_time"),
+            ("wal_interval_ms = 10\n", "backup.wal_interval_ms"),
+            ("zstd_level = 0\n", "backup.zstd_level"),
+            ("spool_limit_mb = 0\n", "backup.spool_limit_mb"),
+            ("key_file = \"/nonexistent/key\"\n", "backup.key_file"),
+        ] {
+            assert_eq!(parse_err(&with(extra)).key, key, "{extra}");
+        }
+        let c = parse(&with("snapshot_time = \"23:59\"\n"))
+            .unwrap()
+            .backup
+            .unwrap();
+        assert_eq!(c.snapshot_time, (23, 59));
     }
 
     #[test]

@@ -43,3 +43,5 @@ impl Layout {
 
 pub const AOF_DIR_NAME: &str = "appendonlydir";
 pub const AOF_FILE_NAME: &str = "appendonly.aof";
+/// Redis 7 names its multi-part AOF manifest after `appendfilename`.
+pub const AOF_MANIFEST_NAME: &str = "appendonly.aof.manifest";

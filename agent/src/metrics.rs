@@ -26,6 +26,14 @@ pub struct Metrics {
     pub ha_epoch: Gauge,
     pub ha_writable_primary: Gauge,
     pub ha_members_alive: Gauge,
+    pub backup_lag_bytes: Gauge,
+    pub backup_lag_seconds: Gauge,
+    pub backup_spool_full: Gauge,
+    pub backup_failing: Gauge,
+    pub backup_last_snapshot_timestamp_seconds: Gauge,
+    pub backup_uploaded_bytes: Gauge,
+    pub hook_runs: Gauge,
+    pub hook_failures: Gauge,
 }
 
 impl Metrics {
@@ -46,6 +54,14 @@ impl Metrics {
             ha_epoch: Gauge::default(),
             ha_writable_primary: Gauge::default(),
             ha_members_alive: Gauge::default(),
+            backup_lag_bytes: Gauge::default(),
+            backup_lag_seconds: Gauge::default(),
+            backup_spool_full: Gauge::default(),
+            backup_failing: Gauge::default(),
+            backup_last_snapshot_timestamp_seconds: Gauge::default(),
+            backup_uploaded_bytes: Gauge::default(),
+            hook_runs: Gauge::default(),
+            hook_failures: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics lock");
@@ -119,6 +135,50 @@ impl Metrics {
                 "Data store members (this one included) gossip shows alive",
                 m.ha_members_alive.clone(),
             );
+            for (name, help, g) in [
+                (
+                    "backup_lag_bytes",
+                    "WAL bytes written by redis and not uploaded yet",
+                    &m.backup_lag_bytes,
+                ),
+                (
+                    "backup_lag_seconds",
+                    "How long the oldest not-uploaded WAL byte has waited",
+                    &m.backup_lag_seconds,
+                ),
+                (
+                    "backup_spool_full",
+                    "1 while the not-uploaded WAL exceeds backup.spool_limit_mb",
+                    &m.backup_spool_full,
+                ),
+                (
+                    "backup_failing",
+                    "1 while uploads to the backup store fail (they are retried)",
+                    &m.backup_failing,
+                ),
+                (
+                    "backup_last_snapshot_timestamp_seconds",
+                    "When the last snapshot was uploaded (unix seconds)",
+                    &m.backup_last_snapshot_timestamp_seconds,
+                ),
+                (
+                    "backup_uploaded_bytes",
+                    "Plaintext bytes uploaded since the agent started",
+                    &m.backup_uploaded_bytes,
+                ),
+                (
+                    "promotion_hook_runs",
+                    "Promotion hook runs since the agent started",
+                    &m.hook_runs,
+                ),
+                (
+                    "promotion_hook_failures",
+                    "Promotion hook runs that failed or timed out",
+                    &m.hook_failures,
+                ),
+            ] {
+                r.register(name, help, g.clone());
+            }
         }
         m
     }
@@ -160,6 +220,22 @@ impl Metrics {
             .set((s.role == "primary" && s.writable) as i64);
         self.ha_members_alive
             .set(s.members.iter().filter(|m| m.alive || m.is_self).count() as i64);
+    }
+
+    pub fn observe_backup(&self, b: &crate::backup::BackupStatus) {
+        self.backup_lag_bytes.set(b.lag_bytes as i64);
+        self.backup_lag_seconds.set(b.lag_seconds as i64);
+        self.backup_spool_full.set(b.spool_full as i64);
+        self.backup_failing.set(b.last_error.is_some() as i64);
+        self.backup_last_snapshot_timestamp_seconds
+            .set(b.last_snapshot_unix_ms.map_or(0, |t| (t / 1000) as i64));
+        self.backup_uploaded_bytes.set(b.uploaded_bytes as i64);
+    }
+
+    pub fn observe_hook(&self, c: &crate::hook::HookCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.hook_runs.set(c.runs.load(Relaxed) as i64);
+        self.hook_failures.set(c.failures.load(Relaxed) as i64);
     }
 
     pub fn encode(&self) -> String {

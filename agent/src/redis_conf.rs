@@ -73,6 +73,8 @@ pub struct RedisSettings<'a> {
     /// HA data stores: redis starts as a read-only replica and the agent promotes it only
     /// when the election says so.
     pub highly_available: bool,
+    /// Backups on: keep AOF files a rewrite replaces until the agent collects them.
+    pub keep_aof_history: bool,
 }
 
 /// Where an HA node's redis points before the agent has decided its role: nothing listens
@@ -148,6 +150,12 @@ pub fn render_redis_conf(s: &RedisSettings<'_>) -> String {
     line("aof-use-rdb-preamble", "yes");
     // Timestamp annotations let a restore stop at a given second.
     line("aof-timestamp-enabled", "yes");
+    // With backups, files a rewrite replaces are the WAL not yet uploaded: redis keeps them
+    // until the agent has shipped them and asks for them to be collected.
+    line(
+        "aof-disable-auto-gc",
+        if s.keep_aof_history { "yes" } else { "no" },
+    );
     // The AOF is the durable copy; RDB snapshots would only add forks.
     line("save", "\"\"");
     line("maxclients", &s.maxclients.to_string());
@@ -229,6 +237,7 @@ mod tests {
             maxmemory_mb: 3072,
             maxmemory_policy: "allkeys-lru",
             highly_available: false,
+            keep_aof_history: true,
         })
     }
 
@@ -262,6 +271,7 @@ mod tests {
         assert_eq!(get(&d, "appendonly"), "yes");
         assert_eq!(get(&d, "appenddirname"), "\"appendonlydir\"");
         assert_eq!(get(&d, "aof-timestamp-enabled"), "yes");
+        assert_eq!(get(&d, "aof-disable-auto-gc"), "yes");
         assert_eq!(get(&d, "appendfsync"), "everysec");
         assert_eq!(get(&d, "maxclients"), "16384");
         assert_eq!(get(&d, "maxmemory"), "3072mb");
@@ -284,6 +294,7 @@ mod tests {
             maxmemory_mb: 100,
             maxmemory_policy: "noeviction",
             highly_available: true,
+            keep_aof_history: false,
         });
         let d = directives(&conf);
         assert_eq!(get(&d, "replicaof"), "127.0.0.1 1");

@@ -21,8 +21,33 @@ pub struct NodeStatus {
     /// HA data stores: the election's view of every member, as this node sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::ha::HaStatus>,
+    /// The backup shipper; `None` when backups are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::BackupStatus>,
     /// Problems an operator should look at, in plain words.
     pub warnings: Vec<String>,
+}
+
+/// Add the backup shipper's state (`None`: backups off) to a report, with warnings for what
+/// needs an operator: a failing store, a full spool.
+pub fn add_backup(s: &mut NodeStatus, backup: Option<crate::backup::BackupStatus>) {
+    // Backups off is a configuration choice (the table says so), not a fault.
+    match &backup {
+        None => {}
+        Some(b) => {
+            if b.spool_full {
+                s.warnings.push(format!(
+                    "backup spool full: {} of WAL not uploaded for {} s; redis keeps it on disk until the store takes it",
+                    bytes(b.lag_bytes),
+                    b.lag_seconds
+                ));
+            }
+            if let Some(e) = &b.last_error {
+                s.warnings.push(format!("backups failing: {e}"));
+            }
+        }
+    }
+    s.backup = backup;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -154,6 +179,7 @@ pub fn build(
         },
         config: st.config.clone(),
         cluster,
+        backup: None,
         warnings,
     }
 }
@@ -323,6 +349,26 @@ pub fn render_table(s: &NodeStatus) -> String {
         if !c.last_decision.is_empty() {
             rows.push(("decided", c.last_decision.clone()));
         }
+    }
+    if s.backup.is_none() {
+        rows.push(("backup", "off (set backup.url and backup.key_file)".into()));
+    }
+    if let Some(b) = &s.backup {
+        let ago = |t: Option<u64>| match t {
+            Some(t) => crate::backup_catalog::format_utc(t),
+            None => "never".into(),
+        };
+        rows.push((
+            "backup",
+            format!(
+                "{}; lag {} ({} s); last snapshot {}; last upload {}",
+                b.state,
+                bytes(b.lag_bytes),
+                b.lag_seconds,
+                ago(b.last_snapshot_unix_ms),
+                ago(b.last_upload_unix_ms)
+            ),
+        ));
     }
     for w in &s.warnings {
         rows.push(("WARNING", w.clone()));

@@ -26,17 +26,29 @@ pub struct Cluster {
     pub shared: tempfile::TempDir,
     pub plan: String,
     promote_hook: bool,
+    backups: bool,
+}
+
+/// Extras for [`Cluster::start_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Every agent runs a promotion hook that appends `node epoch address` to
+    /// [`Cluster::hook_log`].
+    pub promote_hook: bool,
+    /// Backups to [`Cluster::bucket`] with a shared key ([`Cluster::backup_key`]), WAL
+    /// shipped every 200 ms.
+    pub backups: bool,
 }
 
 impl Cluster {
     /// Start a `plan` data store ("business" = 2 nodes, "premium" = 3) and wait for a primary.
     pub fn start(plan: &str) -> Result<Cluster> {
-        Cluster::start_with(plan, false)
+        Cluster::start_with(plan, Options::default())
     }
 
-    /// Like [`Cluster::start`]; with `promote_hook`, every agent runs a promotion hook that
-    /// appends `node epoch address` to [`Cluster::hook_log`].
-    pub fn start_with(plan: &str, promote_hook: bool) -> Result<Cluster> {
+    /// Like [`Cluster::start`], with [`Options`].
+    pub fn start_with(plan: &str, opts: Options) -> Result<Cluster> {
+        let promote_hook = opts.promote_hook;
         let n = match plan {
             "business" => 2,
             "premium" => 3,
@@ -58,7 +70,14 @@ impl Cluster {
             shared,
             plan: plan.to_string(),
             promote_hook,
+            backups: opts.backups,
         };
+        if opts.backups {
+            let key: [u8; 32] = rand::random();
+            let key_path = cluster.shared.path().join("backup.key");
+            std::fs::write(&key_path, key)?;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        }
         if promote_hook {
             let script = cluster.shared.path().join("hook.sh");
             std::fs::write(
@@ -105,10 +124,13 @@ impl Cluster {
                 self.shared.path().join("hook.sh").display()
             );
         }
-        if self.plan == "business" {
+        if self.plan == "business" || self.backups {
+            t += &format!("\n[backup]\nurl = \"file://{}\"\n", self.bucket().display());
+        }
+        if self.backups {
             t += &format!(
-                "\n[backup]\nurl = \"file://{}/bucket\"\n",
-                self.shared.path().display()
+                "key_file = \"{}\"\nwal_interval_ms = 200\n",
+                self.backup_key().display()
             );
         }
         t
@@ -131,6 +153,15 @@ impl Cluster {
         spec.memory_limit_mb = Some(1024);
         spec.extra = self.cluster_toml(i);
         Ok(Agent::prepare(spec)?.in_netns(&self.bed.host(i).name))
+    }
+
+    /// The backup bucket (a local folder).
+    pub fn bucket(&self) -> PathBuf {
+        self.shared.path().join("bucket")
+    }
+
+    pub fn backup_key(&self) -> PathBuf {
+        self.shared.path().join("backup.key")
     }
 
     /// Lines `node epoch address`, one per promotion hook run (see [`Cluster::start_with`]).

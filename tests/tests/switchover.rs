@@ -6,7 +6,7 @@
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use steward_testbed::cluster::Cluster;
+use steward_testbed::cluster::{Cluster, Options};
 use steward_testbed::node::agent_bin;
 
 /// `redis-steward switchover …` run on node `from` against its own agent.
@@ -49,7 +49,16 @@ fn wait_hook_runs(c: &Cluster, node: usize, n: usize) -> Vec<String> {
 }
 
 fn planned_switchover_loses_nothing(plan: &str) {
-    let c = Arc::new(Cluster::start_with(plan, true).unwrap());
+    let c = Arc::new(
+        Cluster::start_with(
+            plan,
+            Options {
+                promote_hook: true,
+                ..Options::default()
+            },
+        )
+        .unwrap(),
+    );
     let old = c.primary().unwrap();
     let n = c.nodes.len();
     let target = (old + 1) % n;

@@ -1,0 +1,578 @@
+//! The backup shipper: while this node is the writable primary, it uploads a snapshot (an AOF
+//! rewrite's base) and then the write-ahead log (the new bytes of redis's incremental AOF
+//! files) every `wal_interval`, sealed (`backup_format`), to the backup store; it starts a
+//! new chain on every rewrite (daily snapshot, `backup now`, a new primary, or one redis
+//! starts by itself) and prunes old chains by the plan's history (`retention`).
+//!
+//! One select loop. Decisions come from `backup_plan::next_steps` (pure); this module only
+//! observes (manifest, file sizes), carries steps out in order, and advances the cursor after
+//! each success. Redis keeps the files a rewrite replaces (`aof-disable-auto-gc yes`) until
+//! they are uploaded, so the AOF directory itself is the spool: a store outage loses nothing,
+//! and when the un-uploaded bytes pass `spool_limit` the agent says so loudly (log, status,
+//! metric) instead of dropping WAL.
+
+use crate::aof::Manifest;
+use crate::backup_catalog::{self, Catalog, ChainId, ListedObject, ObjectName};
+use crate::backup_format::Sealer;
+use crate::backup_keys::KeyRing;
+use crate::backup_plan::{self, Cursor, Observed, Step};
+use crate::redis_client::AdminLink;
+use crate::store::Store;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+/// One WAL object holds at most this much (a backlog after an outage is cut up).
+const MAX_SEGMENT: u64 = 64 << 20;
+/// Read size when streaming a base.
+const READ_CHUNK: usize = 1 << 20;
+
+pub struct BackupSettings {
+    pub store: Store,
+    pub keys: Arc<KeyRing>,
+    pub data_store: String,
+    pub node: String,
+    pub aof_dir: PathBuf,
+    pub socket: PathBuf,
+    pub admin_user: String,
+    pub admin_password: String,
+    pub wal_interval: Duration,
+    /// Daily snapshot time, UTC.
+    pub snapshot_time: (u8, u8),
+    pub spool_limit_bytes: u64,
+    pub zstd_level: i32,
+    /// Restorable history to keep; `None`: only the newest restorable chain.
+    pub history: Option<Duration>,
+}
+
+/// What the shipper reports (status, metrics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupStatus {
+    /// off | standby | snapshotting | shipping | failing
+    pub state: String,
+    pub chain: Option<String>,
+    pub last_snapshot_unix_ms: Option<u64>,
+    pub last_upload_unix_ms: Option<u64>,
+    /// WAL bytes written but not uploaded yet, and for how long some have waited.
+    pub lag_bytes: u64,
+    pub lag_seconds: u64,
+    /// The un-uploaded WAL passed the spool limit.
+    pub spool_full: bool,
+    pub last_error: Option<String>,
+    pub uploaded_bytes: u64,
+    pub uploads: u64,
+    /// How far the WAL is uploaded: the incremental file's number and offset.
+    pub wal_incr_seq: Option<u64>,
+    pub wal_offset: u64,
+}
+
+pub enum BackupCommand {
+    /// Take a snapshot now (a new chain); answers when it is uploaded, or why not.
+    SnapshotNow(oneshot::Sender<Result<String, String>>),
+}
+
+pub type BackupHandle = crate::actor::ActorHandle<BackupStatus>;
+
+/// Start the shipper. `role` says, at every moment, whether this node is the writable
+/// primary, and of which epoch.
+pub fn spawn(
+    s: BackupSettings,
+    role: watch::Receiver<Option<u64>>,
+) -> (BackupHandle, mpsc::Sender<BackupCommand>) {
+    let (tx, rx) = mpsc::channel(4);
+    let handle = crate::actor::ActorHandle::spawn(
+        BackupStatus {
+            state: "standby".into(),
+            ..BackupStatus::default()
+        },
+        move |status, shutdown| async move {
+            let admin = AdminLink::new(&s.socket, &s.admin_user, &s.admin_password);
+            let mut shipper = Shipper {
+                s,
+                admin,
+                status,
+                cursor: None,
+                chain: None,
+                epoch: None,
+                rewrite_pending_from: None,
+                snapshot_requested: Vec::new(),
+                last_snapshot_ms: None,
+                failures: 0,
+                retry_at: None,
+                lag_since: None,
+                spool_warned_at: None,
+            };
+            shipper.run(role, rx, shutdown).await
+        },
+    );
+    (handle, tx)
+}
+
+struct Shipper {
+    s: BackupSettings,
+    admin: AdminLink,
+    status: watch::Sender<BackupStatus>,
+    cursor: Option<Cursor>,
+    chain: Option<ChainId>,
+    /// The epoch the chain belongs to.
+    epoch: Option<u64>,
+    rewrite_pending_from: Option<u64>,
+    /// `backup now` callers waiting for the next snapshot.
+    snapshot_requested: Vec<oneshot::Sender<Result<String, String>>>,
+    last_snapshot_ms: Option<u64>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    lag_since: Option<Instant>,
+    spool_warned_at: Option<Instant>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The daily snapshot is due: today's snapshot time has passed and no snapshot since.
+pub fn snapshot_due(now_ms: u64, at: (u8, u8), last_snapshot_ms: Option<u64>) -> bool {
+    const DAY: u64 = 86_400_000;
+    let today = now_ms - now_ms % DAY + (at.0 as u64 * 3600 + at.1 as u64 * 60) * 1000;
+    let due_at = if now_ms >= today { today } else { today - DAY };
+    last_snapshot_ms.is_none_or(|last| last < due_at)
+}
+
+impl Shipper {
+    async fn run(
+        &mut self,
+        mut role: watch::Receiver<Option<u64>>,
+        mut commands: mpsc::Receiver<BackupCommand>,
+        mut shutdown: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
+        let mut role_open = true;
+        let mut tick = tokio::time::interval(self.s.wal_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let r = *role.borrow();
+                    self.cycle(r).await;
+                }
+                // A one-node data store's role never changes: its sender is gone at once.
+                changed = role.changed(), if role_open => {
+                    if changed.is_err() {
+                        role_open = false;
+                        continue;
+                    }
+                    let r = *role.borrow_and_update();
+                    self.cycle(r).await;
+                }
+                Some(cmd) = commands.recv() => match cmd {
+                    BackupCommand::SnapshotNow(reply) => {
+                        let r = *role.borrow();
+                        if r.is_none() {
+                            let _ = reply.send(Err("only the primary takes snapshots; this node is not it".into()));
+                        } else {
+                            self.snapshot_requested.push(reply);
+                            self.retry_at = None;
+                            self.cycle(r).await;
+                        }
+                    }
+                },
+                done = shutdown.recv() => {
+                    if let Some(done) = done { let _ = done.send(()); }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn cycle(&mut self, role: Option<u64>) {
+        let Some(epoch) = role else {
+            if self.chain.is_some() {
+                info!("not the writable primary any more: backups stop here (the new primary starts its own chain)");
+            }
+            self.reset_chain();
+            for r in self.snapshot_requested.drain(..) {
+                let _ = r.send(Err("this node stopped being the primary".into()));
+            }
+            self.status.send_modify(|st| {
+                st.state = "standby".into();
+                st.chain = None;
+                st.lag_bytes = 0;
+                st.lag_seconds = 0;
+            });
+            return;
+        };
+        if self.epoch != Some(epoch) && self.chain.is_some() {
+            info!(epoch, "new epoch: starting a new backup chain");
+            self.reset_chain();
+        }
+        self.epoch = Some(epoch);
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let obs = match self.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                self.failed(format!("{e:#}"));
+                return;
+            }
+        };
+        let steps = backup_plan::next_steps(self.cursor.as_ref(), &obs, MAX_SEGMENT);
+        for step in steps {
+            if let Err(e) = self.execute(&step, &obs).await {
+                self.failed(format!("{e:#}"));
+                self.report(&obs);
+                return;
+            }
+            self.cursor = backup_plan::advance(self.cursor.take(), &step);
+            if matches!(step, Step::EndChain | Step::Abandon { .. }) {
+                self.chain = None;
+            }
+        }
+        if self.failures > 0 {
+            info!("backup store reachable again");
+        }
+        self.failures = 0;
+        self.retry_at = None;
+        self.status.send_modify(|st| st.last_error = None);
+        self.report(&obs);
+    }
+
+    fn reset_chain(&mut self) {
+        self.cursor = None;
+        self.chain = None;
+        self.epoch = None;
+        self.rewrite_pending_from = None;
+    }
+
+    fn failed(&mut self, e: String) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = Duration::from_millis((500u64 << self.failures.min(7)).min(60_000));
+        self.retry_at = Some(Instant::now() + wait);
+        warn!(
+            attempt = self.failures,
+            "backup: {e}; retrying in {} ms (nothing is skipped)",
+            wait.as_millis()
+        );
+        self.status.send_modify(|st| {
+            st.state = "failing".into();
+            st.last_error = Some(e);
+        });
+    }
+
+    /// Lag, spool alarm and state for status.
+    fn report(&mut self, obs: &Observed) {
+        let lag = backup_plan::lag_bytes(self.cursor.as_ref(), obs);
+        match (lag, self.lag_since) {
+            (0, _) => self.lag_since = None,
+            (_, None) => self.lag_since = Some(Instant::now()),
+            _ => {}
+        }
+        let full = lag > self.s.spool_limit_bytes;
+        if full
+            && self
+                .spool_warned_at
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            error!(
+                lag_bytes = lag,
+                limit = self.s.spool_limit_bytes,
+                "backup spool full: {lag} bytes of WAL are not uploaded yet (limit {}); redis \
+                 keeps them on disk until the backup store takes them — fix the store or \
+                 its credentials before the disk fills",
+                self.s.spool_limit_bytes
+            );
+            self.spool_warned_at = Some(Instant::now());
+        }
+        let lag_seconds = self.lag_since.map_or(0, |t| t.elapsed().as_secs());
+        let (chain, failing) = (
+            self.chain.as_ref().map(|c| c.to_string()),
+            self.failures > 0,
+        );
+        let snapshotting = self.rewrite_pending_from.is_some()
+            || self.cursor.as_ref().is_some_and(|c| !c.base_uploaded);
+        let (seq, offset) = self
+            .cursor
+            .as_ref()
+            .map_or((None, 0), |c| (Some(c.incr_seq), c.offset));
+        self.status.send_modify(|st| {
+            st.wal_incr_seq = seq;
+            st.wal_offset = offset;
+            st.lag_bytes = lag;
+            st.lag_seconds = lag_seconds;
+            st.spool_full = full;
+            st.chain = chain;
+            st.last_snapshot_unix_ms = self.last_snapshot_ms;
+            st.state = if failing {
+                "failing"
+            } else if snapshotting {
+                "snapshotting"
+            } else {
+                "shipping"
+            }
+            .into();
+        });
+    }
+
+    async fn observe(&mut self) -> Result<Observed> {
+        let path = self.s.aof_dir.join(crate::layout::AOF_MANIFEST_NAME);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            // Redis has not written its AOF yet (starting): nothing to do.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let manifest = Manifest::parse(&text).with_context(|| path.display().to_string())?;
+        let mut sizes = std::collections::BTreeMap::new();
+        for e in manifest.entries.iter().filter(|e| e.is_incr_file()) {
+            if let Ok(m) = tokio::fs::metadata(self.s.aof_dir.join(&e.file)).await {
+                sizes.insert(e.seq, m.len());
+            }
+        }
+        let now = now_ms();
+        let snapshot_due = !self.snapshot_requested.is_empty()
+            || (self.cursor.is_some()
+                && snapshot_due(now, self.s.snapshot_time, self.last_snapshot_ms));
+        Ok(Observed {
+            manifest,
+            sizes,
+            rewrite_pending_from: self.rewrite_pending_from,
+            snapshot_due,
+        })
+    }
+
+    async fn execute(&mut self, step: &Step, obs: &Observed) -> Result<()> {
+        match step {
+            Step::Rewrite => {
+                let base = obs.manifest.base().map_or(0, |b| b.seq);
+                info!(base, "backup: asking redis for an AOF rewrite (a snapshot)");
+                let r = self
+                    .admin
+                    .query::<redis::Value>(&redis::cmd("BGREWRITEAOF"))
+                    .await;
+                // One already running (e.g. redis's own) is as good as ours.
+                if let Err(e) = r {
+                    if !format!("{e:#}").contains("already in progress") {
+                        return Err(e.context("BGREWRITEAOF"));
+                    }
+                }
+                self.rewrite_pending_from = Some(base);
+                self.status
+                    .send_modify(|st| st.state = "snapshotting".into());
+            }
+            Step::StartChain { base_seq, .. } => {
+                let epoch = self.epoch.unwrap_or(0);
+                let id = ChainId::new(now_ms(), epoch, &self.s.node)?;
+                info!(chain = %id, base = base_seq, "backup: new chain");
+                self.chain = Some(id);
+                self.rewrite_pending_from = None;
+            }
+            Step::UploadBase { base_seq, file } => {
+                let chain = self.chain.clone().context("no chain")?;
+                let object = ObjectName::Base {
+                    chain,
+                    seq: *base_seq,
+                }
+                .path();
+                let began = Instant::now();
+                let bytes = self.upload_file(&object, file).await?;
+                let now = now_ms();
+                self.last_snapshot_ms = Some(now);
+                info!(
+                    object,
+                    bytes,
+                    ms = began.elapsed().as_millis() as u64,
+                    "backup: snapshot uploaded"
+                );
+                for r in self.snapshot_requested.drain(..) {
+                    let _ = r.send(Ok(format!("snapshot uploaded: {object} ({bytes} bytes)")));
+                }
+                self.prune().await;
+            }
+            Step::Ship {
+                incr_seq,
+                file,
+                from,
+                to,
+            } => {
+                let chain = self.chain.clone().context("no chain")?;
+                let object = ObjectName::Segment {
+                    chain,
+                    incr_seq: *incr_seq,
+                    offset: *from,
+                    end: *to,
+                    unix_ms: now_ms(),
+                }
+                .path();
+                let data = self.read_range(file, *from, *to).await?;
+                let mut sealer = Sealer::new(&object, &self.s.keys, self.s.zstd_level)?;
+                let mut out = Vec::new();
+                for piece in data.chunks(READ_CHUNK) {
+                    out.extend(sealer.push(piece)?);
+                }
+                let (last, _) = sealer.finish()?;
+                out.extend(last);
+                let sealed: Vec<u8> = out.concat();
+                self.s.store.put(&object, Bytes::from(sealed)).await?;
+                self.uploaded(to - from);
+            }
+            Step::NextIncr { .. } => {}
+            Step::EndChain => {
+                if let Some(chain) = &self.chain {
+                    let object = ObjectName::End {
+                        chain: chain.clone(),
+                        unix_ms: now_ms(),
+                    }
+                    .path();
+                    let sealed = crate::backup_format::seal_all(
+                        &object,
+                        &self.s.keys,
+                        self.s.zstd_level,
+                        b"end of chain",
+                    )?;
+                    self.s.store.put(&object, Bytes::from(sealed)).await?;
+                    info!(chain = %chain, "backup: chain complete");
+                }
+            }
+            Step::CollectHistory => {
+                // Every file the rewrite replaced is uploaded: let redis delete them.
+                for v in ["no", "yes"] {
+                    self.admin
+                        .query::<redis::Value>(
+                            redis::cmd("CONFIG")
+                                .arg("SET")
+                                .arg("aof-disable-auto-gc")
+                                .arg(v),
+                        )
+                        .await?;
+                }
+            }
+            Step::Abandon { reason } => {
+                warn!("backup: abandoning chain: {reason}; starting a new one with a snapshot");
+            }
+        }
+        Ok(())
+    }
+
+    fn uploaded(&mut self, bytes: u64) {
+        let now = now_ms();
+        self.status.send_modify(|st| {
+            st.uploaded_bytes += bytes;
+            st.uploads += 1;
+            st.last_upload_unix_ms = Some(now);
+        });
+    }
+
+    async fn read_range(&self, file: &str, from: u64, to: u64) -> Result<Vec<u8>> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.s.aof_dir.join(file);
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.seek(std::io::SeekFrom::Start(from)).await?;
+        let mut buf = vec![0; (to - from) as usize];
+        f.read_exact(&mut buf)
+            .await
+            .with_context(|| format!("reading {} bytes {from}..{to}", path.display()))?;
+        Ok(buf)
+    }
+
+    /// Stream a file through the sealer into a multipart upload: memory stays at a few
+    /// chunks whatever the file's size.
+    async fn upload_file(&mut self, object: &str, file: &str) -> Result<u64> {
+        let path = self.s.aof_dir.join(file);
+        let mut f = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut sealer = Sealer::new(object, &self.s.keys, self.s.zstd_level)?;
+        let mut up = self.s.store.upload(object).await?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut total = 0u64;
+        let result: Result<()> = async {
+            loop {
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                for chunk in sealer.push(&buf[..n])? {
+                    up.write(chunk).await?;
+                }
+            }
+            let (last, _) = sealer.finish()?;
+            for chunk in last {
+                up.write(chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                up.finish().await?;
+                self.uploaded(total);
+                Ok(total)
+            }
+            Err(e) => {
+                up.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply the plan's retention; a failure is logged and retried after the next snapshot.
+    async fn prune(&mut self) {
+        let r: Result<usize> = async {
+            let listing = self.s.store.list(backup_catalog::BACKUP_PREFIX).await?;
+            let objects: Vec<ListedObject> = listing
+                .into_iter()
+                .map(|e| ListedObject {
+                    path: e.path,
+                    size: e.size,
+                    last_modified_unix_ms: e.last_modified_ms,
+                })
+                .collect();
+            let catalog = Catalog::from_listing(&objects);
+            let plan = crate::retention::plan_prune(&catalog, self.s.history, now_ms());
+            for path in &plan.delete {
+                self.s.store.delete(path).await?;
+            }
+            Ok(plan.delete.len())
+        }
+        .await;
+        match r {
+            Ok(0) => {}
+            Ok(n) => info!(objects = n, "backup: pruned by retention"),
+            Err(e) => warn!("backup: pruning failed (retried after the next snapshot): {e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400_000;
+
+    #[test]
+    fn the_daily_snapshot_is_due_once_per_day_after_its_time() {
+        let day = 20_000 * DAY;
+        let at = (3, 30);
+        let t = |h: u64, m: u64| day + (h * 3600 + m * 60) * 1000;
+        // Never snapshotted: due.
+        assert!(snapshot_due(t(1, 0), at, None));
+        // Snapshot yesterday after 03:30: not due before today's 03:30, due after.
+        assert!(!snapshot_due(t(1, 0), at, Some(t(4, 0) - DAY)));
+        assert!(snapshot_due(t(3, 31), at, Some(t(4, 0) - DAY)));
+        // Snapshot today after 03:30: not due again today.
+        assert!(!snapshot_due(t(23, 0), at, Some(t(3, 31))));
+        // A snapshot yesterday before 03:30 is older than yesterday's slot: due.
+        assert!(snapshot_due(t(1, 0), at, Some(t(2, 0) - DAY)));
+    }
+}

@@ -1,0 +1,419 @@
+//! Backups end to end on one node: a real redis workload, the agent shipping a snapshot and
+//! the WAL to a local-folder bucket, `backup list` / `verify` / `now` through the CLI, the
+//! chain rebuilt into an AOF directory that a fresh redis-server loads with every key, and a
+//! tampered object named by `verify`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use steward_testbed::node::{free_port, run_cli, wait_for, Agent, NodeSpec};
+
+fn write_key(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let key: [u8; 32] = rand::random();
+    std::fs::write(path, key).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A single node backing up to `bucket` with `key`.
+fn agent_with_backups(bucket: &Path, key: &Path) -> Agent {
+    agent_with_backups_extra(bucket, key, "")
+}
+
+fn agent_with_backups_extra(bucket: &Path, key: &Path, extra: &str) -> Agent {
+    let mut spec = NodeSpec::new("node-1");
+    spec.extra = format!(
+        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n{extra}",
+        bucket.display(),
+        key.display()
+    );
+    let agent = Agent::prepare(spec).unwrap();
+    agent.start_healthy().unwrap();
+    agent
+}
+
+fn backup_status(agent: &Agent) -> serde_json::Value {
+    agent.status().unwrap()["backup"].clone()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Wait for a snapshot uploaded after `since` (unix ms) with no WAL waiting.
+fn wait_snapshot(agent: &Agent, since: u64) {
+    wait_backup(agent, |b| {
+        b["last_snapshot_unix_ms"]
+            .as_u64()
+            .is_some_and(|t| t >= since)
+            && b["lag_bytes"] == 0
+    });
+}
+
+/// Wait until writes made before this call are uploaded: the shipper's WAL cursor reached the
+/// end of redis's current incremental file as it is now.
+fn wait_wal(agent: &Agent) {
+    let dir = agent.data_dir().join("appendonlydir");
+    let manifest = std::fs::read_to_string(dir.join("appendonly.aof.manifest")).unwrap();
+    let (file, seq) = manifest
+        .lines()
+        .filter(|l| l.ends_with("type i"))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[1].to_string(), w[3].parse::<u64>().unwrap())
+        })
+        .next_back()
+        .unwrap();
+    let size = std::fs::metadata(dir.join(file)).unwrap().len();
+    wait_backup(agent, |b| {
+        b["wal_incr_seq"].as_u64() == Some(seq) && b["wal_offset"].as_u64() >= Some(size)
+    });
+}
+
+fn wait_backup(agent: &Agent, done: impl Fn(&serde_json::Value) -> bool) {
+    let ok = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+        let b = backup_status(agent);
+        (b["state"] == "shipping" && done(&b)).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "backup did not catch up: {}\n{}",
+        backup_status(agent),
+        agent.log()
+    );
+}
+
+fn cli(agent: &Agent, args: &[&str]) -> std::process::Output {
+    let config = agent.config_path.to_string_lossy().to_string();
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--config", &config]);
+    run_cli(&a)
+}
+
+/// Rebuild the newest chain into `dir/appendonlydir` with the library, start a plain
+/// redis-server on it and return a connection to it (the process is killed on drop).
+struct Restored {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Restored {
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn restore_newest(bucket: &Path, key: &Path, dir: &Path) -> Restored {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = redis_steward::store::Store::open(
+            &format!("file://{}", bucket.display()),
+            &Default::default(),
+        )
+        .unwrap();
+        let keys = redis_steward::backup_keys::KeyRing::load(key, &[]).unwrap();
+        let cat = redis_steward::restore::catalog(&store).await.unwrap();
+        let plan = cat.restore_plan(None).unwrap();
+        redis_steward::restore::materialize(&store, &keys, &plan, &dir.join("appendonlydir"))
+            .await
+            .unwrap();
+    });
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(dir)
+        .args(["--appendonly", "yes", "--save", "", "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = Restored { child, port };
+    let up = wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+        (r.cmd(&["PING"]) == "PONG").then_some(())
+    });
+    assert!(up.is_some(), "restored redis did not start");
+    r
+}
+
+fn objects(bucket: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let mut stack = vec![bucket.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn snapshot_and_wal_round_trip_through_the_bucket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let started = now_ms();
+    let agent = agent_with_backups(&bucket, &key);
+    wait_snapshot(&agent, started);
+
+    // A workload after the snapshot: everything of it travels as WAL.
+    for i in 0..200 {
+        assert_eq!(
+            agent.cmd(&["SET", &format!("key:{i}"), &format!("value-{i}")]),
+            "OK"
+        );
+    }
+    agent.cmd(&["INCRBY", "counter", "42"]);
+    agent.cmd(&["DEL", "key:7"]);
+    wait_wal(&agent);
+    let b = backup_status(&agent);
+    assert!(b["uploads"].as_u64().unwrap() >= 2, "{b}");
+
+    let list = cli(&agent, &["backup", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        list.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert!(text.contains("node-1"), "{text}");
+
+    let verify = cli(&agent, &["backup", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let restored = restore_newest(&bucket, &key, &tmp.path().join("restore-1"));
+    assert_eq!(restored.cmd(&["DBSIZE"]), "200");
+    assert_eq!(restored.cmd(&["GET", "key:199"]), "value-199");
+    assert_eq!(restored.cmd(&["GET", "key:7"]), "");
+    assert_eq!(restored.cmd(&["GET", "counter"]), "42");
+    drop(restored);
+
+    // `backup now`: a new chain, and the data written before it is in its base.
+    agent.cmd(&["SET", "before-now", "1"]);
+    let now = cli(&agent, &["backup", "now"]);
+    assert!(
+        now.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&now.stdout),
+        String::from_utf8_lossy(&now.stderr)
+    );
+    agent.cmd(&["SET", "after-now", "1"]);
+    wait_wal(&agent);
+    let restored = restore_newest(&bucket, &key, &tmp.path().join("restore-2"));
+    assert_eq!(restored.cmd(&["GET", "before-now"]), "1");
+    assert_eq!(restored.cmd(&["GET", "after-now"]), "1");
+    assert_eq!(restored.cmd(&["DBSIZE"]), "202");
+    drop(restored);
+
+    // Redis kept no AOF history once it was uploaded.
+    let aof: Vec<String> = std::fs::read_dir(agent.data_dir().join("appendonlydir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(aof.len(), 3, "history files left behind: {aof:?}");
+
+    // A flipped byte in any object is named by verify.
+    let victim = objects(&bucket)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("/wal/"))
+        .expect("a WAL segment");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&victim, bytes).unwrap();
+    let verify = cli(&agent, &["backup", "verify"]);
+    let err = String::from_utf8_lossy(&verify.stderr).to_string();
+    assert!(!verify.status.success());
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(err.contains(&name), "verify did not name {name}: {err}");
+    agent.stop().unwrap();
+}
+
+#[test]
+fn a_store_outage_loses_nothing_and_a_full_spool_is_loud() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let started = now_ms();
+    let agent = agent_with_backups_extra(&bucket, &key, "spool_limit_mb = 1\n");
+    wait_snapshot(&agent, started);
+
+    // The store goes away: the bucket folder is replaced by a plain file.
+    let away = tmp.path().join("bucket-away");
+    std::fs::rename(&bucket, &away).unwrap();
+    std::fs::write(&bucket, b"not a folder").unwrap();
+    let big = "x".repeat(10_000);
+    for i in 0..300 {
+        assert_eq!(agent.cmd(&["SET", &format!("during:{i}"), &big]), "OK");
+    }
+    let loud = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        let s = agent.status().unwrap();
+        let b = &s["backup"];
+        let warned = s["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap_or("").contains("backup spool full"));
+        (b["state"] == "failing" && b["spool_full"] == true && warned).then_some(())
+    });
+    assert!(loud.is_some(), "no alarm: {}", agent.status().unwrap());
+    assert!(agent.log().contains("backup spool full"));
+    let metrics = agent.api_get("/metrics").unwrap();
+    assert!(
+        metrics.contains("redis_steward_backup_spool_full 1"),
+        "{metrics}"
+    );
+
+    // It comes back: everything written meanwhile arrives.
+    std::fs::remove_file(&bucket).unwrap();
+    std::fs::rename(&away, &bucket).unwrap();
+    wait_wal(&agent);
+    assert_eq!(backup_status(&agent)["spool_full"], false);
+    let restored = restore_newest(&bucket, &key, &tmp.path().join("restore"));
+    assert_eq!(restored.cmd(&["DBSIZE"]), "300");
+    assert_eq!(restored.cmd(&["STRLEN", "during:299"]), "10000");
+    drop(restored);
+    agent.stop().unwrap();
+}
+
+#[test]
+fn backups_round_trip_through_an_s3_server() {
+    let moto = steward_testbed::s3::MotoServer::start().unwrap();
+    moto.create_bucket("backups").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("backup.key");
+    write_key(&key);
+    let options: String = moto
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let mut spec = NodeSpec::new("node-1");
+    spec.extra = format!(
+        "\n[backup]\nurl = \"s3://backups/ds-1\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{options}",
+        key.display()
+    );
+    let started = now_ms();
+    let agent = Agent::prepare(spec).unwrap();
+    agent.start_healthy().unwrap();
+    wait_snapshot(&agent, started);
+    for i in 0..100 {
+        agent.cmd(&["RPUSH", "list", &i.to_string()]);
+    }
+    wait_wal(&agent);
+    let verify = cli(&agent, &["backup", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tmp.path().join("restore");
+    rt.block_on(async {
+        let store =
+            redis_steward::store::Store::open("s3://backups/ds-1", &moto.options()).unwrap();
+        let keys = redis_steward::backup_keys::KeyRing::load(&key, &[]).unwrap();
+        let cat = redis_steward::restore::catalog(&store).await.unwrap();
+        let plan = cat.restore_plan(None).unwrap();
+        redis_steward::restore::materialize(&store, &keys, &plan, &dir.join("appendonlydir"))
+            .await
+            .unwrap();
+    });
+    let aof = std::fs::read(dir.join("appendonlydir/appendonly.aof.1.incr.aof")).unwrap();
+    let text = String::from_utf8_lossy(&aof);
+    assert_eq!(text.matches("RPUSH").count(), 100, "WAL incomplete");
+    agent.stop().unwrap();
+}
+
+/// The chains in a bucket: (epoch, node) of each, oldest first, from the object names.
+fn chains(bucket: &Path) -> Vec<(u64, String)> {
+    let mut v: Vec<(u64, u64, String)> = std::fs::read_dir(bucket.join("backup"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().to_string();
+                let id: redis_steward::backup_catalog::ChainId = name.parse().ok()?;
+                Some((id.start_unix_ms, id.epoch, id.node))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.into_iter().map(|(_, e, n)| (e, n)).collect()
+}
+
+#[test]
+fn a_failover_starts_a_new_chain_on_the_new_primary() {
+    use steward_testbed::cluster::{Cluster, Options};
+    let c = Cluster::start_with(
+        "premium",
+        Options {
+            backups: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let old = c.primary().unwrap();
+    let epoch = c.epoch(old).unwrap();
+    let first = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        let ch = chains(&c.bucket());
+        ch.iter().any(|(e, _)| *e == epoch).then_some(ch)
+    })
+    .expect("the first primary's chain");
+    assert!(
+        first.iter().all(|(_, n)| *n == format!("node-{old}")),
+        "only the primary uploads: {first:?}"
+    );
+    assert_eq!(c.cli(old, &["SET", "before-failover", "1"]), "OK");
+    c.bed.kill_all(old).unwrap();
+    let new = c.wait_new_primary(old, Duration::from_secs(30)).unwrap();
+    let new_epoch = c.epoch(new).unwrap();
+    let chain = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        chains(&c.bucket())
+            .into_iter()
+            .find(|(e, n)| *e == new_epoch && *n == format!("node-{new}"))
+    });
+    assert!(
+        chain.is_some(),
+        "no chain of epoch {new_epoch} by node-{new}: {:?}",
+        chains(&c.bucket())
+    );
+    // The new chain restores with the data of before the failover.
+    assert_eq!(c.cli(new, &["SET", "after-failover", "1"]), "OK");
+    let tmp = tempfile::tempdir().unwrap();
+    // Wait for that write to be shipped (the new primary's status has the cursor).
+    let shipped = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        let b = c.nodes[new].status()?["backup"].clone();
+        (b["lag_bytes"] == 0 && b["wal_offset"].as_u64()? > 0).then_some(())
+    });
+    assert!(shipped.is_some(), "{:?}", c.nodes[new].status());
+    let restored = restore_newest(&c.bucket(), &c.backup_key(), &tmp.path().join("r"));
+    assert_eq!(restored.cmd(&["GET", "before-failover"]), "1");
+    assert_eq!(restored.cmd(&["GET", "after-failover"]), "1");
+}
