@@ -216,6 +216,38 @@ impl Cluster {
         )
     }
 
+    /// Wait until the data store is in its steady state: one writable primary and every
+    /// other node replicating from it with the link up, for a second on end. Faults injected
+    /// right after an election hit the busiest moment (full syncs, forks, fsyncs) instead of
+    /// the steady state the scenario means to test.
+    pub fn wait_settled(&self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let mut steady_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            let settled = self.primary().filter(|&p| {
+                let replicas_up = (0..self.nodes.len()).filter(|&i| i != p).all(|i| {
+                    self.nodes[i].status().is_some_and(|s| {
+                        s["redis"]["replication"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("link up") && !r.contains("FULL SYNC"))
+                    })
+                });
+                replicas_up
+            });
+            match (settled, steady_since) {
+                (Some(p), Some(t)) if t.elapsed() >= Duration::from_secs(1) => return Ok(p),
+                (Some(_), None) => steady_since = Some(Instant::now()),
+                (Some(_), Some(_)) => {}
+                (None, _) => steady_since = None,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the data store did not settle within {timeout:?}; logs:\n{}",
+            self.logs()
+        )
+    }
+
     /// Wait for a primary other than `old`.
     pub fn wait_new_primary(&self, old: usize, timeout: Duration) -> Result<usize> {
         crate::node::wait_for(timeout, Duration::from_millis(20), || {

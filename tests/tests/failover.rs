@@ -249,7 +249,7 @@ fn losing_one_replica_changes_nothing() {
 #[test]
 fn thirty_percent_packet_loss_causes_no_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
-    let p = c.primary().unwrap();
+    let p = c.wait_settled(Duration::from_secs(30)).unwrap();
     let epoch = c.epoch(p).unwrap();
     let checkers = c.start_checkers();
     // Loss applies on the way out of one host and again on the way into the next, so 16 %
@@ -345,7 +345,7 @@ fn forged_gossip_during_a_failover_is_ignored() {
 #[test]
 fn cutting_only_the_link_between_two_business_nodes_promotes_nobody() {
     let c = Arc::new(Cluster::start("business").unwrap());
-    let p = c.primary().unwrap();
+    let p = c.wait_settled(Duration::from_secs(30)).unwrap();
     let epoch = c.epoch(p).unwrap();
     let standby = 1 - p;
     c.bed.cut_link(0, 1).unwrap();
