@@ -1120,6 +1120,9 @@ impl Node {
         self.durable.synced_epoch = epoch;
         out.act(Action::Persist(self.durable.clone()));
         out.act(Action::Promote { epoch });
+        // The shell pauses writes on Promote: only an Unfence lifts it, even when this node
+        // was already taking writes (a re-election in a newer epoch).
+        self.fenced = Some(true);
         out.note(why);
         self.primary = Some(PrimaryState {
             epoch,

@@ -733,7 +733,11 @@ impl World {
                     updated: self.now,
                 });
             }
-            Action::Promote { epoch } => self.on_promote(i, epoch),
+            // The shell pauses writes on Promote until an Unfence (see `Action::Promote`).
+            Action::Promote { epoch } => {
+                self.nodes[i].unfenced = false;
+                self.on_promote(i, epoch);
+            }
             Action::Demote => self.nodes[i].is_master = false,
             Action::Detach => self.nodes[i].following = None,
             Action::Follow { primary, epoch } => {
