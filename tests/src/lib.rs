@@ -6,3 +6,4 @@ pub mod netns;
 pub mod node;
 pub mod s3;
 pub mod sentinel_client;
+pub mod sentinel_ref;

@@ -205,6 +205,16 @@ impl WriterReport {
             .collect()
     }
 
+    /// Numbers of the keys whose `SET` was answered `OK` (acknowledged or not): what a
+    /// client that does not use `WAIT` believes it stored.
+    pub fn accepted_keys(&self) -> Vec<u64> {
+        self.writes
+            .iter()
+            .filter(|w| w.accepted.is_some())
+            .map(|w| w.n)
+            .collect()
+    }
+
     pub fn acked_count(&self) -> usize {
         self.writes.iter().filter(|w| w.acked.is_some()).count()
     }
@@ -420,7 +430,7 @@ async fn write_loop(
                 sent: Instant::now(),
                 accepted: None,
                 acked: None,
-                primary,
+                primary: primary.clone(),
             });
             r.writes.len() - 1
         };
@@ -435,11 +445,14 @@ async fn write_loop(
                 // A primary no replica confirms may be the cut-off side of a partition (or
                 // the last node standing): ask the sentinels again, as a client that needs
                 // durable writes would.
-                lock(report).error("wait", format!("WAIT 1 confirmed {replicas} replicas"));
+                lock(report).error(
+                    "wait",
+                    format!("{primary}: WAIT 1 confirmed {replicas} replicas"),
+                );
                 conn = None;
             }
             Err((step, err)) => {
-                lock(report).error(step, format!("{err:#}"));
+                lock(report).error(step, format!("{primary}: {err:#}"));
                 conn = None;
                 tokio::time::sleep(RETRY_INTERVAL).await;
             }
@@ -710,7 +723,8 @@ pub fn probe_writable(target: &ProbeTarget) -> bool {
     })
 }
 
-/// One node's probe results: (when the probe finished, writable).
+/// One node's probe results, in order: (when, writable). "When" is the reply to a probe that
+/// found the node writable, and the start of one that did not.
 pub type Samples = Vec<(Instant, bool)>;
 
 /// Probes every data node every `interval` on its own thread, and afterwards tells when two or
@@ -727,7 +741,7 @@ pub struct SplitBrainMonitor {
 pub struct SplitBrainReport {
     /// Maximal intervals during which two or more nodes were writable primaries.
     pub windows: Vec<(Instant, Instant)>,
-    /// Probe results per node: (when the probe finished, writable).
+    /// Probe results per node, see [`Samples`].
     pub samples: Vec<(String, Samples)>,
 }
 
@@ -816,14 +830,20 @@ async fn probe_loop(
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
         }
+        let sent = Instant::now();
         let writable = probe_once(target, &mut conn).await.unwrap_or(false);
-        lock(samples).push((Instant::now(), writable));
+        // A write accepted was surely possible when its reply came; one refused, or left
+        // hanging by a paused (fenced) primary until the probe timed out, was already
+        // impossible when it was sent. Stamping each result with that moment keeps the
+        // 500 ms probe timeout from stretching a fenced node's writable time.
+        let at = if writable { Instant::now() } else { sent };
+        lock(samples).push((at, writable));
         tokio::time::sleep(interval).await;
     }
 }
 
 /// Maximal intervals in which at least two nodes were writable. A node counts as writable from
-/// a writable sample until its next sample (an over-estimate by at most one probe interval:
+/// a writable sample until its next sample (an over-estimate by up to one probe interval:
 /// the safe side for a claim of "never").
 pub fn overlap_windows(samples: &[Samples]) -> Vec<(Instant, Instant)> {
     // +1 when a node's writable stretch starts, -1 when it ends.
