@@ -700,7 +700,7 @@ impl RawBackup {
         };
         let spool_limit_mb =
             positive_mb("backup.spool_limit_mb", self.spool_limit_mb)?.unwrap_or(1024);
-        let zstd_level = match self.zstd_level.unwrap_or(3) {
+        let zstd_level = match self.zstd_level.unwrap_or(1) {
             v @ 1..=19 => v as i32,
             v => {
                 return Err(err(

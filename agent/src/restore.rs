@@ -12,7 +12,6 @@ use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use std::path::Path;
-use tokio::io::AsyncWriteExt;
 
 /// The catalog of the store's backups.
 pub async fn catalog(store: &Store) -> Result<Catalog> {
@@ -32,24 +31,32 @@ pub async fn catalog(store: &Store) -> Result<Catalog> {
 }
 
 /// Stream object `path`, authenticated and decrypted, into `sink` (if any). Returns the
-/// plaintext length. Memory stays at a few chunks whatever the object's size.
+/// plaintext length. Memory stays at a few chunks whatever the object's size: plaintext is
+/// written in pieces of at most 1 MiB as it is opened (a chunk of very compressible data, e.g.
+/// a large SETRANGE of zeros, may expand to hundreds of MiB). The sink is written with
+/// blocking calls: restores and verification are offline work, not the agent's loop.
+/// Plaintext written before an error is incomplete: callers discard the file then.
 pub async fn open_object(
     store: &Store,
     keys: &KeyRing,
     path: &str,
-    mut sink: Option<&mut tokio::fs::File>,
+    mut sink: Option<&mut std::fs::File>,
 ) -> Result<u64> {
+    use std::io::Write;
     let Some(mut stream) = store.get_stream(path).await? else {
         bail!("backup object {path} is missing");
     };
     let mut opener = Opener::new(path, keys);
     let mut total = 0u64;
     while let Some(piece) = stream.next().await {
-        let plain = opener.push(&piece?)?;
-        total += plain.len() as u64;
-        if let Some(f) = sink.as_deref_mut() {
-            f.write_all(&plain).await?;
-        }
+        let mut written: std::io::Result<()> = Ok(());
+        opener.push_each(&piece?, |p| {
+            total += p.len() as u64;
+            if let (Some(f), Ok(())) = (sink.as_deref_mut(), &written) {
+                written = f.write_all(p);
+            }
+        })?;
+        written.with_context(|| format!("writing what {path} holds"))?;
     }
     opener.finish()?;
     Ok(total)
@@ -111,14 +118,14 @@ pub async fn materialize(
     };
     let base_file = "appendonly.aof.1.base.rdb";
     let incr_file = "appendonly.aof.1.incr.aof";
-    let mut f = tokio::fs::File::create(dir.join(base_file)).await?;
+    let mut f = std::fs::File::create(dir.join(base_file))?;
     open_object(store, keys, base, Some(&mut f)).await?;
-    f.sync_all().await?;
-    let mut f = tokio::fs::File::create(dir.join(incr_file)).await?;
+    f.sync_all()?;
+    let mut f = std::fs::File::create(dir.join(incr_file))?;
     for path in wal {
         open_object(store, keys, path, Some(&mut f)).await?;
     }
-    f.sync_all().await?;
+    f.sync_all()?;
     let manifest = format!("file {base_file} seq 1 type b\nfile {incr_file} seq 1 type i\n");
     tokio::fs::write(dir.join(crate::layout::AOF_MANIFEST_NAME), manifest).await?;
     Ok(())

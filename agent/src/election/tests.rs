@@ -1075,3 +1075,33 @@ fn switchover_is_refused_with_a_reason() {
         .contains("no other node"));
     assert_eq!(world.violation(), None);
 }
+
+#[test]
+fn scenario_a_primary_re_elected_after_a_partition_takes_writes_again() {
+    // A replica cut off campaigns in newer and newer epochs; once back, the primary re-elects
+    // itself above them. Promote pauses writes in the shell: the re-elected primary must lift
+    // the pause again, not keep it while it thinks itself writable.
+    for (n, seed) in [(3, 30), (3, 31), (5, 32)] {
+        let (mut world, p) = bootstrapped(n, seed);
+        let replica = (p + 1) % n;
+        world.isolate(replica, true);
+        world.run_for(4_000);
+        assert_eq!(
+            world.writer(),
+            Some(p),
+            "{n} nodes: the majority side keeps writing"
+        );
+        let before = world.promotions();
+        world.isolate(replica, false);
+        world.run_for(4_000);
+        assert!(
+            world.promotions() > before,
+            "{n} nodes: no re-election happened"
+        );
+        assert!(
+            world.writer().is_some(),
+            "{n} nodes: nobody takes writes after healing"
+        );
+        assert_eq!(world.violation(), None);
+    }
+}
