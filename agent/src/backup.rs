@@ -12,7 +12,7 @@
 //! metric) instead of dropping WAL.
 
 use crate::aof::Manifest;
-use crate::backup_catalog::{self, Catalog, ChainId, ListedObject, ObjectName};
+use crate::backup_catalog::{ChainId, ObjectName};
 use crate::backup_format::Sealer;
 use crate::backup_keys::KeyRing;
 use crate::backup_plan::{self, Cursor, Observed, Step};
@@ -529,16 +529,7 @@ impl Shipper {
     /// Apply the plan's retention; a failure is logged and retried after the next snapshot.
     async fn prune(&mut self) {
         let r: Result<usize> = async {
-            let listing = self.s.store.list(backup_catalog::BACKUP_PREFIX).await?;
-            let objects: Vec<ListedObject> = listing
-                .into_iter()
-                .map(|e| ListedObject {
-                    path: e.path,
-                    size: e.size,
-                    last_modified_unix_ms: e.last_modified_ms,
-                })
-                .collect();
-            let catalog = Catalog::from_listing(&objects);
+            let catalog = crate::restore::catalog(&self.s.store).await?;
             let plan = crate::retention::plan_prune(&catalog, self.s.history, now_ms());
             for path in &plan.delete {
                 self.s.store.delete(path).await?;
