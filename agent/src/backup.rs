@@ -28,8 +28,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-/// One WAL object holds at most this much (a backlog after an outage is cut up).
-const MAX_SEGMENT: u64 = 64 << 20;
+/// One WAL object holds at most this much (a backlog after an outage is cut up); it is
+/// sealed in memory, so this bounds the shipper's memory too.
+const MAX_SEGMENT: u64 = 8 << 20;
 /// Read size when streaming a base.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -158,33 +159,39 @@ impl Shipper {
         let mut tick = tokio::time::interval(self.s.wal_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let r = *role.borrow();
-                    self.cycle(r).await;
-                }
+            // First what happened, then the work, which a shutdown may cut short: an upload
+            // dropped halfway leaves the cursor where it was (it advances only on success).
+            let role_now = tokio::select! {
+                _ = tick.tick() => *role.borrow(),
                 // A one-node data store's role never changes: its sender is gone at once.
                 changed = role.changed(), if role_open => {
                     if changed.is_err() {
                         role_open = false;
                         continue;
                     }
-                    let r = *role.borrow_and_update();
-                    self.cycle(r).await;
+                    *role.borrow_and_update()
                 }
                 Some(cmd) = commands.recv() => match cmd {
                     BackupCommand::SnapshotNow(reply) => {
                         let r = *role.borrow();
                         if r.is_none() {
                             let _ = reply.send(Err("only the primary takes snapshots; this node is not it".into()));
-                        } else {
-                            self.snapshot_requested.push(reply);
-                            self.retry_at = None;
-                            self.cycle(r).await;
+                            continue;
                         }
+                        self.snapshot_requested.push(reply);
+                        self.retry_at = None;
+                        r
                     }
                 },
                 done = shutdown.recv() => {
+                    if let Some(done) = done { let _ = done.send(()); }
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = self.cycle(role_now) => {}
+                done = shutdown.recv() => {
+                    info!("backup: stopping in the middle of an upload; it is redone next start");
                     if let Some(done) = done { let _ = done.send(()); }
                     return;
                 }
@@ -411,12 +418,13 @@ impl Shipper {
                     unix_ms: now_ms(),
                 }
                 .path();
-                let data = self.read_range(file, *from, *to).await?;
                 let mut sealer = Sealer::new(&object, &self.s.keys, self.s.zstd_level)?;
                 let mut out = Vec::new();
-                for piece in data.chunks(READ_CHUNK) {
+                self.read_range(file, *from, *to, |piece| {
                     out.extend(sealer.push(piece)?);
-                }
+                    Ok(())
+                })
+                .await?;
                 let (last, _) = sealer.finish()?;
                 out.extend(last);
                 let sealed: Vec<u8> = out.concat();
@@ -470,18 +478,31 @@ impl Shipper {
         });
     }
 
-    async fn read_range(&self, file: &str, from: u64, to: u64) -> Result<Vec<u8>> {
+    /// Feed bytes `[from, to)` of an AOF file to `each`, a piece at a time.
+    async fn read_range(
+        &self,
+        file: &str,
+        from: u64,
+        to: u64,
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         use tokio::io::AsyncSeekExt;
         let path = self.s.aof_dir.join(file);
         let mut f = tokio::fs::File::open(&path)
             .await
             .with_context(|| format!("opening {}", path.display()))?;
         f.seek(std::io::SeekFrom::Start(from)).await?;
-        let mut buf = vec![0; (to - from) as usize];
-        f.read_exact(&mut buf)
-            .await
-            .with_context(|| format!("reading {} bytes {from}..{to}", path.display()))?;
-        Ok(buf)
+        let mut buf = vec![0; READ_CHUNK];
+        let mut left = to - from;
+        while left > 0 {
+            let n = (left as usize).min(READ_CHUNK);
+            f.read_exact(&mut buf[..n])
+                .await
+                .with_context(|| format!("reading {} bytes {from}..{to}", path.display()))?;
+            each(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
     }
 
     /// Stream a file through the sealer into a multipart upload: memory stays at a few
