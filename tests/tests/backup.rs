@@ -432,3 +432,59 @@ fn a_failover_starts_a_new_chain_on_the_new_primary() {
     assert_eq!(restored.cmd(&["GET", "before-failover"]), "1");
     assert_eq!(restored.cmd(&["GET", "after-failover"]), "1");
 }
+
+#[test]
+fn a_rotated_key_seals_new_objects_while_old_ones_stay_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = tmp.path().join("bucket");
+    let (old_key, new_key) = (tmp.path().join("old.key"), tmp.path().join("new.key"));
+    write_key(&old_key);
+    write_key(&new_key);
+    let started = now_ms();
+    let agent = agent_with_backups(&bucket, &old_key);
+    wait_snapshot(&agent, started);
+    agent.cmd(&["SET", "sealed-with", "old"]);
+    wait_wal(&agent);
+    agent.stop().unwrap();
+
+    // Rotate: the new key seals, the old one only opens.
+    let mut spec = agent.spec.clone();
+    spec.extra = format!(
+        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\nprevious_key_files = [\"{}\"]\nwal_interval_ms = 200\n",
+        bucket.display(),
+        new_key.display(),
+        old_key.display()
+    );
+    drop(agent);
+    let started = now_ms();
+    let agent = Agent::prepare(spec).unwrap();
+    agent.start_healthy().unwrap();
+    wait_snapshot(&agent, started);
+    agent.cmd(&["SET", "sealed-with", "new"]);
+    wait_wal(&agent);
+    assert_success(&cli(&agent, &["backup", "verify"]));
+    let restored = restore_newest_from(
+        &format!("file://{}", bucket.display()),
+        &Default::default(),
+        &new_key,
+        &tmp.path().join("restore"),
+    );
+    assert_eq!(restored.cmd(&["GET", "sealed-with"]), "new");
+    drop(restored);
+
+    // Without the old key, the old chain's objects fail verification, named.
+    let mut spec = agent.spec.clone();
+    spec.extra = format!(
+        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\n",
+        bucket.display(),
+        new_key.display()
+    );
+    agent.stop().unwrap();
+    drop(agent);
+    let lone = Agent::prepare(spec).unwrap();
+    let config = lone.config_path.to_string_lossy().to_string();
+    let out = run_cli(&["backup", "verify", "--config", &config]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(err.contains("not in the key ring"), "{err}");
+}
