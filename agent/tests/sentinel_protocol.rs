@@ -5,10 +5,6 @@
 //! Every wait is bounded (`T`), every child process is killed by a Drop guard.
 
 use futures::StreamExt;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, ConnectionAddr, PushKind, TlsCertificates, TlsMode};
 use redis_steward::resp::{self, Value};
@@ -39,47 +35,39 @@ fn install_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A throwaway CA and a server certificate for localhost / 127.0.0.1.
+/// A throwaway CA and a server certificate for localhost / 127.0.0.1, made by the agent's
+/// own development-mode generator (`tls::prepare`).
 struct Pki {
     dir: tempfile::TempDir,
+    files: redis_steward::tls::TlsMaterial,
     ca_pem: String,
     ca_der: Vec<u8>,
 }
 
 impl Pki {
     fn new() -> Pki {
+        use rustls::pki_types::pem::PemObject;
         let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "sentinel test CA");
-        ca.distinguished_name = dn;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
-        leaf.subject_alt_names = redis_steward::tls::node_sans("localhost", &[]);
-        leaf.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        leaf.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = leaf.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.path().join("ca.crt"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("node.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
+        let layout =
+            redis_steward::layout::Layout::new(&dir.path().join("data"), &dir.path().join("state"));
+        let tls = redis_steward::config::TlsConfig::Generate {
+            ca_file: None,
+            ca_key_file: None,
+        };
+        let files = redis_steward::tls::prepare(&tls, &layout, "localhost", &[]).unwrap();
+        let ca_pem = std::fs::read_to_string(&files.ca).unwrap();
+        let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .unwrap()
+            .to_vec();
         Pki {
-            ca_pem: ca_cert.pem(),
-            ca_der: ca_cert.der().to_vec(),
             dir,
+            files,
+            ca_pem,
+            ca_der,
         }
     }
 
+    /// A scratch path beside the certificates.
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -129,7 +117,7 @@ impl Server {
     async fn start(view: SentinelView) -> Server {
         install_provider();
         let pki = Pki::new();
-        let tls = server_tls_config(pki.path("node.crt"), pki.path("node.key")).unwrap();
+        let tls = server_tls_config(&pki.files.cert, &pki.files.key).unwrap();
         let server = SentinelServer::bind(SentinelSettings {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             tls,
@@ -674,7 +662,7 @@ async fn bind_errors_name_the_address() {
     let pki = Pki::new();
     let settings = SentinelSettings {
         listen: vec![addr],
-        tls: server_tls_config(pki.path("node.crt"), pki.path("node.key")).unwrap(),
+        tls: server_tls_config(&pki.files.cert, &pki.files.key).unwrap(),
         password: PW.into(),
         run_id: RUN_ID.into(),
     };
@@ -846,11 +834,11 @@ async fn start_redis(pki: &Pki, dir: &Path) -> RedisProc {
     let child = Command::new("redis-server")
         .args(["--port", "0", "--tls-port", &port.to_string()])
         .arg("--tls-cert-file")
-        .arg(pki.path("node.crt"))
+        .arg(&pki.files.cert)
         .arg("--tls-key-file")
-        .arg(pki.path("node.key"))
+        .arg(&pki.files.key)
         .arg("--tls-ca-cert-file")
-        .arg(pki.path("ca.crt"))
+        .arg(&pki.files.ca)
         .args(["--tls-auth-clients", "no", "--requirepass", PW])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
