@@ -305,17 +305,11 @@ impl Shell {
     async fn switchover(&mut self, to: Option<String>) -> Result<String, String> {
         let now = self.now_ms();
         let decision = self.node.switchover(now, to.map(NodeId::new))?;
-        info!(epoch = self.node.published().epoch, "{}", decision.reason);
-        self.status
-            .send_modify(|s| s.last_decision = decision.reason.clone());
-        for action in decision.actions {
-            if let Err(e) = self.execute(action).await {
-                warn!("{e:#}");
-            }
-        }
+        let reason = decision.reason.clone();
+        self.carry_out(decision).await;
         // The hand-over needs a probe taken after the pause.
         self.probe().await;
-        Ok(decision.reason)
+        Ok(reason)
     }
 
     /// The primary answers switchover requests other nodes gossip; a node that forwarded one
@@ -551,6 +545,12 @@ impl Shell {
     async fn decide_once(&mut self, event: Event) -> bool {
         let now = self.now_ms();
         let d = self.node.step(now, event);
+        self.carry_out(d).await
+    }
+
+    /// Log a decision and carry out its actions in order. Returns whether they changed
+    /// redis's replication.
+    async fn carry_out(&mut self, d: election::Decision) -> bool {
         if d.changed {
             info!(epoch = self.node.published().epoch, "{}", d.reason);
             self.status
