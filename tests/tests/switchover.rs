@@ -144,7 +144,9 @@ fn planned_switchover_loses_nothing(plan: &str) {
     );
     assert_eq!(hook_runs(&c, old).len(), 1, "the old primary ran it again");
 
-    // And back, letting the agents pick the best node.
+    // And back, letting the agents pick the best node, once the old primary has caught up
+    // with the new epoch (until then it is refused as still catching up).
+    c.wait_settled(Duration::from_secs(30)).unwrap();
     let out = switchover(&c, target, &[]);
     assert!(out.status.success(), "second switchover: {}", text(&out));
     assert_ne!(c.primary(), Some(target));

@@ -374,8 +374,14 @@ impl Node {
         if self.redis.upstream.is_some() {
             return Some("cannot be judged: my own redis still replicates".into());
         }
+        if state.position.epoch != self.durable.synced_epoch {
+            return Some(format!(
+                "is still catching up: it holds data of epoch {}, not yet of epoch {}",
+                state.position.epoch, self.durable.synced_epoch
+            ));
+        }
         let lag = self.redis.offset.saturating_sub(state.position.offset);
-        if state.position.epoch != self.durable.synced_epoch || lag > SWITCHOVER_MAX_LAG_BYTES {
+        if lag > SWITCHOVER_MAX_LAG_BYTES {
             return Some(format!(
                 "is too far behind ({lag} bytes; at most {SWITCHOVER_MAX_LAG_BYTES})"
             ));
