@@ -165,9 +165,7 @@ fn restore_newest_from(
     rt.block_on(async {
         let store = redis_steward::store::Store::open(url, options).unwrap();
         let keys = redis_steward::backup_keys::KeyRing::load(key, &[]).unwrap();
-        let cat = redis_steward::restore::catalog(&store).await.unwrap();
-        let plan = cat.restore_plan(None).unwrap();
-        redis_steward::restore::materialize(&store, &keys, &plan, &dir.join("appendonlydir"))
+        redis_steward::restore::restore(&store, &keys, None, dir, false, |_| {})
             .await
             .unwrap();
     });
