@@ -357,3 +357,42 @@ pub fn present(
     }
     out
 }
+
+/// Load `mb` values of 1 MiB of half-compressible text through redis-cli --pipe (benchmarks).
+pub fn load_dataset(agent: &Agent, mb: usize) {
+    use std::io::Write;
+    let mut child = agent
+        .redis_cli_command(Some(crate::node::PASSWORD))
+        .arg("--pipe")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut value = vec![0u8; 1 << 20];
+    for i in 0..mb {
+        for (j, b) in value.iter_mut().enumerate() {
+            // Runs of a repeated byte and random hex: about what zstd sees in real RDBs.
+            if (j / 64) % 2 == 0 {
+                *b = b'a' + (i % 26) as u8;
+            } else {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = b"0123456789abcdef"[(state & 15) as usize];
+            }
+        }
+        let key = format!("blob:{i}");
+        let header = format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            value.len()
+        );
+        stdin.write_all(header.as_bytes()).unwrap();
+        stdin.write_all(&value).unwrap();
+        stdin.write_all(b"\r\n").unwrap();
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
