@@ -569,3 +569,57 @@ fn point_in_time_restores_across_a_failover() {
         "the new chain lacks the old primary's writes"
     );
 }
+
+#[test]
+fn a_whole_lost_ha_data_store_comes_back_from_its_backup() {
+    let cluster = Cluster::start_with(
+        "premium",
+        Options {
+            backups: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let primary = cluster.wait_settled(Duration::from_secs(60)).unwrap();
+    let cluster = std::sync::Arc::new(cluster);
+    let checkers = cluster.start_checkers();
+    assert!(checkers.wait_more_acks(200, Duration::from_secs(30)));
+    let report = checkers.finish();
+    let mut cluster = std::sync::Arc::into_inner(cluster).expect("checkers finished");
+    // Everything acknowledged is shipped before the machines go.
+    let ok = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        let b = cluster.nodes[primary].status()?["backup"].clone();
+        (b["state"] == "shipping" && b["lag_bytes"] == 0).then_some(())
+    });
+    assert!(ok.is_some(), "{}", cluster.logs());
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every machine is lost; new ones (new addresses, empty disks) take the slots.
+    for i in 0..3 {
+        cluster.kill_node(i).unwrap();
+    }
+    for i in 0..3 {
+        cluster.replace_node(i).unwrap();
+    }
+    for i in 0..3 {
+        cluster.nodes[i]
+            .wait_healthy(Duration::from_secs(60))
+            .unwrap();
+    }
+    cluster.wait_settled(Duration::from_secs(60)).unwrap();
+    let restored = (0..3)
+        .filter(|&i| cluster.nodes[i].log().contains("restoring backup chain"))
+        .count();
+    assert!(restored >= 1, "nobody restored:\n{}", cluster.logs());
+    let missing = cluster.missing_acked(&report);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing after the rebuild",
+        missing.len()
+    );
+    println!(
+        "{} acknowledged writes back after losing every machine ({restored} node(s) restored \
+         from the backup)",
+        report.acked.len()
+    );
+}
