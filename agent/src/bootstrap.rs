@@ -165,7 +165,11 @@ pub async fn prepare(
     start_empty: bool,
     notifier: &mut crate::systemd::Notifier,
 ) -> Result<Option<Decision>> {
+    let marker = marker_path(state_dir);
     if crate::restore::holds_data(data_dir) {
+        if !marker.exists() {
+            crate::secrets::write_file_atomic(&marker, b"", 0o600)?;
+        }
         return Ok(None);
     }
     let live_primary = match gossip {
@@ -185,7 +189,7 @@ pub async fn prepare(
         ha: gossip.is_some(),
         live_primary,
         backups: seen,
-        served_before: marker_path(state_dir).exists(),
+        served_before: marker.exists(),
         start_empty,
     };
     let decision = decide(&situation);
@@ -208,7 +212,7 @@ pub async fn prepare(
             info!("{restored}");
         }
     }
-    crate::secrets::write_file_atomic(&marker_path(state_dir), b"", 0o600)?;
+    crate::secrets::write_file_atomic(&marker, b"", 0o600)?;
     Ok(Some(decision))
 }
 
