@@ -289,7 +289,9 @@ fn a_lost_single_node_is_replaced_by_one_that_restores_the_backup() {
     let ca = tmp.path().join("ca.crt");
     let addr = |a: &Agent| std::net::SocketAddr::new(a.spec.bind.parse().unwrap(), a.spec.port);
     let writer = TimedWriter::start(tls_client(addr(&old), &ca), "s");
-    std::thread::sleep(Duration::from_secs(5));
+    // A random moment within the shipping period: the test would otherwise be in step with
+    // the shipper's ticks (it starts right after a snapshot) and always see the same loss.
+    std::thread::sleep(Duration::from_millis(5000 + rand::random::<u64>() % 1000));
     // The machine is gone: agent and redis killed at once, disk wiped (dropping the agent
     // removes its directories).
     let redis = old.redis_pid().unwrap();
