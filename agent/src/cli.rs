@@ -294,6 +294,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Run { config } => {
             let cfg = config::load(&config)?;
             crate::logging::init();
+            crate::logging::set_node(&cfg.node_name);
             runtime()?.block_on(crate::agent::run(cfg))
         }
         Cmd::Switchover {
