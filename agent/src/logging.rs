@@ -8,7 +8,8 @@
 //! Which one: `REDIS_STEWARD_LOG=journald|stderr` decides; unset (`auto`), the journal is used
 //! when stderr *is* the journal stream (`JOURNAL_STREAM` names stderr's device and inode, as
 //! systemd sets it for the service's own process) and the socket exists. RUST_LOG overrides
-//! the default `info` level either way.
+//! the default `info` level either way. `REDIS_STEWARD_JOURNAL_SOCKET` names another socket
+//! (packaging/install-test.sh listens there to check the fields without a journald).
 //!
 //! The protocol is systemd's native one (`systemd.journal-fields(7)`, "Native Journal
 //! Protocol"): `KEY=value` lines, or `KEY\n<u64 LE length><bytes>\n` for values holding a
@@ -114,7 +115,9 @@ fn stderr_is_journal_stream() -> bool {
 
 /// The sink for this process, from `REDIS_STEWARD_LOG` and systemd's environment.
 pub fn choose_sink() -> Sink {
-    let socket = PathBuf::from(JOURNAL_SOCKET);
+    let socket = std::env::var_os("REDIS_STEWARD_JOURNAL_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(JOURNAL_SOCKET));
     let journal_stream = stderr_is_journal_stream();
     match std::env::var("REDIS_STEWARD_LOG").as_deref() {
         Ok("journald") => Sink::Journald(socket),
