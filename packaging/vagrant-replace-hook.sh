@@ -1,0 +1,18 @@
+#!/bin/sh
+# The Vagrant testbed's replacement hook (config: [replacement] on_node_lost). The agent
+# runs it when a node of its data store is lost for good, with REDIS_STEWARD_SLOT (the lost
+# node's slot name, e.g. node-2), REDIS_STEWARD_LAST_ADDRESS and REDIS_STEWARD_PLAN in its
+# environment. A VM cannot recreate itself from inside, so the hook prints the command that
+# does it on the host (it shows up in the agent's journal); a real deployment would call its
+# provisioning API here instead.
+set -eu
+
+slot=${REDIS_STEWARD_SLOT:?REDIS_STEWARD_SLOT is not set}
+case "$slot" in
+node-[0-9] | node-[0-9][0-9]) ;; # the VMs are named after their slots
+*)
+    echo "vagrant-replace-hook: slot '$slot' is not a Vagrant testbed node (node-N)" >&2
+    exit 1
+    ;;
+esac
+echo "replace ${slot} (last seen at ${REDIS_STEWARD_LAST_ADDRESS:-unknown}, plan ${REDIS_STEWARD_PLAN:-unknown}): on the host, run: vagrant destroy -f ${slot} && vagrant up ${slot}"
