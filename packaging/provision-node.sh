@@ -174,9 +174,9 @@ aws_access_key_id = "testbed"
 aws_secret_access_key = "testbed"
 aws_virtual_hosted_style_request = "false"
 
-# When a node is lost for good, ask for its replacement. The hook prints the command that
-# recreates the VM; the key may still change, so it is left commented here.
-# [replacement]
+# When a node stays unreachable, the primary asks for its replacement: this hook prints the
+# command that recreates the VM. Commented until this agent has hooks.on_node_lost.
+# [hooks]
 # on_node_lost = ["/usr/local/lib/redis-steward/vagrant-replace-hook.sh"]
 EOF
 install -m 0640 "$config" "$ETC/config.toml"

@@ -1,8 +1,8 @@
 #!/bin/sh
-# The Vagrant testbed's replacement hook (config: [replacement] on_node_lost). The agent
-# runs it when a node of its data store is lost for good, with REDIS_STEWARD_SLOT (the lost
-# node's slot name, e.g. node-2), REDIS_STEWARD_LAST_ADDRESS and REDIS_STEWARD_PLAN in its
-# environment. A VM cannot recreate itself from inside, so the hook prints the command that
+# The Vagrant testbed's replacement hook (config: hooks.on_node_lost). The primary's agent
+# runs it when another node of its data store stays unreachable, with REDIS_STEWARD_SLOT
+# (the lost node's slot name, e.g. node-2), REDIS_STEWARD_LAST_ADDRESS and
+# REDIS_STEWARD_PLAN in its environment. A VM cannot recreate itself from inside, so the hook prints the command that
 # does it on the host (it shows up in the agent's journal); a real deployment would call its
 # provisioning API here instead.
 set -eu
