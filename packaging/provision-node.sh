@@ -174,10 +174,11 @@ aws_access_key_id = "testbed"
 aws_secret_access_key = "testbed"
 aws_virtual_hosted_style_request = "false"
 
-# When a node stays unreachable, the primary asks for its replacement: this hook prints the
-# command that recreates the VM. Commented until this agent has hooks.on_node_lost.
+# When a node stays unreachable, the primary asks for its replacement: uncomment to have it
+# print (to its journal) the command that recreates the VM (--hook installs the script).
 # [hooks]
 # on_node_lost = ["/usr/local/lib/redis-steward/vagrant-replace-hook.sh"]
+# node_lost_after_secs = 60
 EOF
 install -m 0640 "$config" "$ETC/config.toml"
 rm -f "$config"

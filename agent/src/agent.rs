@@ -40,7 +40,14 @@ fn default_maxmemory_mb(memory_mb: u64) -> u64 {
     (memory_mb * 3 / 4).max(16)
 }
 
-pub async fn run(cfg: Config) -> Result<()> {
+/// How `run` was asked to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Start with no data even where the data store has history (`run --start-empty`).
+    pub start_empty: bool,
+}
+
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::new(&cfg.data_dir, &cfg.state_dir);
     ensure_dir(&layout.data_dir, 0o750)?;
@@ -101,6 +108,37 @@ pub async fn run(cfg: Config) -> Result<()> {
         ),
         None => None,
     };
+    // An empty data directory: join a live primary, restore the newest backup, or start
+    // empty — before redis starts (crate::bootstrap).
+    let mut gossip = match (&cfg.cluster, cluster_key) {
+        (Some(c), Some(key)) => Some(start_gossip(&cfg, c, key).await?),
+        _ => None,
+    };
+    {
+        let backups = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
+            Some(b) => Some(crate::restore::open_backups(b)?),
+            None => None,
+        };
+        let source = backups
+            .as_ref()
+            .map(|(store, keys)| crate::bootstrap::BackupSource { store, keys });
+        let prepared = crate::bootstrap::prepare(
+            &layout.data_dir,
+            &layout.state_dir,
+            gossip.as_ref(),
+            source,
+            opts.start_empty,
+            &mut Notifier::from_env(),
+        )
+        .await;
+        if let Err(e) = prepared {
+            if let Some(g) = &gossip {
+                g.initiate_shutdown();
+            }
+            return Err(e);
+        }
+    }
+
     let maxmemory_mb = cfg
         .redis
         .maxmemory_mb
@@ -187,7 +225,10 @@ pub async fn run(cfg: Config) -> Result<()> {
             let (ha, commands, counters) = start_ha(
                 &cfg,
                 c,
-                cluster_key.expect("loaded with the cluster"),
+                Joined {
+                    gossip: gossip.take().expect("started with the cluster"),
+                    key: cluster_key.expect("loaded with the cluster"),
+                },
                 &layout,
                 &secrets,
                 &sup,
@@ -197,6 +238,23 @@ pub async fn run(cfg: Config) -> Result<()> {
             (Some(ha), Some(commands), Some(counters))
         }
         None => (None, None, None),
+    };
+
+    let replacement = match (&cfg.hooks.on_node_lost, &ha) {
+        (Some(argv), Some(ha)) => Some(crate::replacement::spawn(
+            crate::replacement::Settings {
+                argv: argv.clone(),
+                timeout: cfg.hooks.timeout,
+                timing: crate::replacement::Timing {
+                    after: cfg.hooks.node_lost_after,
+                    repeat: cfg.hooks.node_lost_repeat,
+                },
+                data_store: cfg.data_store_id.clone(),
+                plan: cfg.plan.to_string(),
+            },
+            ha.state.clone(),
+        )),
+        _ => None,
     };
 
     let backup = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
@@ -276,6 +334,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let _ = sentinel_stop_tx.send(());
     let _ = sentinel_task.await;
     view_task.abort();
+    if let Some(r) = replacement {
+        r.abort();
+    }
     info!("agent stopped");
     Ok(())
 }
@@ -291,10 +352,7 @@ fn start_backup(
     crate::backup::BackupHandle,
     tokio::sync::mpsc::Sender<crate::backup::BackupCommand>,
 )> {
-    let key_file = b.key_file.as_ref().expect("filtered by the caller");
-    let keys = crate::backup_keys::KeyRing::load(key_file, &b.previous_key_files)
-        .context("config key `backup.key_file`")?;
-    let store = crate::store::Store::open(&b.url, &b.options).context("config key `backup.url`")?;
+    let (store, keys) = crate::restore::open_backups(b)?;
     // Who may upload: the writable primary of the current epoch (one node: always).
     let (role_tx, role_rx) = watch::channel(if ha.is_some() { None } else { Some(1) });
     if let Some(ha) = ha {
@@ -400,23 +458,16 @@ fn announce_ip(bind: &[IpAddr]) -> IpAddr {
 }
 
 /// Start gossip and the HA loop for a 2- or 3-node data store.
-async fn start_ha(
+/// Join the data store's gossip (before redis starts: an empty node first looks for a
+/// primary to join).
+async fn start_gossip(
     cfg: &Config,
     c: &crate::config::ClusterConfig,
     key: [u8; 32],
-    layout: &Layout,
-    secrets: &secrets::AgentSecrets,
-    sup: &supervisor::SupervisorHandle,
-    hook: Option<crate::hook::HookHandle>,
-) -> Result<(
-    crate::ha::HaHandle,
-    tokio::sync::mpsc::Sender<crate::ha::HaCommand>,
-    Arc<crate::gossip::transport::GossipCounters>,
-)> {
-    use crate::election::{self, NodeId};
+) -> Result<crate::gossip::cluster::Gossip> {
     use crate::gossip::cluster::{Gossip, GossipSettings};
     let gossip_addr = SocketAddr::new(c.advertise_address, c.gossip_port);
-    let gossip = Gossip::start(
+    Gossip::start(
         GossipSettings {
             data_store_id: cfg.data_store_id.clone(),
             node_name: cfg.node_name.clone(),
@@ -439,8 +490,31 @@ async fn start_ha(
             ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ],
     )
-    .await?;
-    let counters = gossip.counters();
+    .await
+}
+
+/// The data store's gossip, joined, and the key it is sealed with.
+struct Joined {
+    gossip: crate::gossip::cluster::Gossip,
+    key: [u8; 32],
+}
+
+async fn start_ha(
+    cfg: &Config,
+    c: &crate::config::ClusterConfig,
+    joined: Joined,
+    layout: &Layout,
+    secrets: &secrets::AgentSecrets,
+    sup: &supervisor::SupervisorHandle,
+    hook: Option<crate::hook::HookHandle>,
+) -> Result<(
+    crate::ha::HaHandle,
+    tokio::sync::mpsc::Sender<crate::ha::HaCommand>,
+    Arc<crate::gossip::transport::GossipCounters>,
+)> {
+    use crate::election::{self, NodeId};
+    let gossip_addr = SocketAddr::new(c.advertise_address, c.gossip_port);
+    let counters = joined.gossip.counters();
     let lease_store = match (&cfg.backup, c.nodes.len()) {
         (Some(b), 2) => Some(
             crate::store::Store::open(&b.url, &b.options)
@@ -467,11 +541,11 @@ async fn start_ha(
             admin_user: ADMIN_USER.into(),
             admin_password: secrets.admin_password.clone(),
             lease_store,
-            cluster_key: key,
+            cluster_key: joined.key,
             data_store_id: cfg.data_store_id.clone(),
             hook,
         },
-        gossip,
+        joined.gossip,
         sup.state.clone(),
     )?;
     info!(gossip = %gossip_addr, nodes = c.nodes.len(), "gossip and election started");

@@ -329,6 +329,7 @@ impl Shipper {
     }
 
     async fn observe(&mut self) -> Result<Observed> {
+        let observed_at = now_ms();
         let path = self.s.aof_dir.join(crate::layout::AOF_MANIFEST_NAME);
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(t) => t,
@@ -352,6 +353,7 @@ impl Shipper {
             sizes,
             rewrite_pending_from: self.rewrite_pending_from,
             snapshot_due,
+            unix_ms: observed_at,
         })
     }
 
@@ -415,7 +417,9 @@ impl Shipper {
                     incr_seq: *incr_seq,
                     offset: *from,
                     end: *to,
-                    unix_ms: now_ms(),
+                    // When `to` was observed, not now: the segment holds every write
+                    // acknowledged before that (a later stamp would overstate it).
+                    unix_ms: obs.unix_ms,
                 }
                 .path();
                 let mut sealer = Sealer::new(&object, &self.s.keys, self.s.zstd_level)?;

@@ -620,20 +620,28 @@ impl Chain {
         out
     }
 
-    /// Base plus the restore path cut after the first segment uploaded at or after `target`
-    /// (that segment may hold writes newer than `target`: the restore truncates it).
+    /// Base plus the restore path cut after the first segment stamped at or after `target`,
+    /// and the segments after it with the same stamp (one observation shipped in pieces: the
+    /// stamp holds for the last piece only). They may hold writes newer than `target`: the
+    /// restore truncates the AOF there.
     fn plan(&self, target: Option<u64>) -> Option<RestorePlan> {
         let base = self.base.clone()?;
         let window = self.window?;
         let segments = match target {
             None => self.restore_path.clone(),
             Some(t) => {
-                let n = self
-                    .restore_path
-                    .iter()
-                    .position(|s| s.unix_ms >= t)
-                    .map_or(self.restore_path.len(), |i| i + 1);
-                self.restore_path[..n].to_vec()
+                let path = &self.restore_path;
+                let n = match path.iter().position(|s| s.unix_ms >= t) {
+                    Some(i) => {
+                        i + 1
+                            + path[i + 1..]
+                                .iter()
+                                .take_while(|s| s.unix_ms == path[i].unix_ms)
+                                .count()
+                    }
+                    None => path.len(),
+                };
+                path[..n].to_vec()
             }
         };
         Some(RestorePlan {
@@ -1679,6 +1687,30 @@ mod tests {
         sorted.sort();
         assert_eq!(p, sorted, "fetch order is listing order within a chain");
         assert_eq!(plan.total_bytes(), 5000 + 10 * 1040);
+    }
+
+    #[test]
+    fn a_point_in_time_takes_every_piece_of_one_observation() {
+        // One observation (stamp T0 + 2 s) shipped as three pieces of at most MAX_SEGMENT:
+        // only the last holds everything acknowledged before the stamp.
+        let c = id(T0, 1, "n1");
+        let listing = vec![
+            base(&c, 1, 100),
+            seg(&c, 1, 0, 10, T0 + SEC),
+            seg(&c, 1, 10, 20, T0 + 2 * SEC),
+            seg(&c, 1, 20, 30, T0 + 2 * SEC),
+            seg(&c, 1, 30, 40, T0 + 2 * SEC),
+            seg(&c, 1, 40, 50, T0 + 3 * SEC),
+        ];
+        let cat = Catalog::from_listing(&listing);
+        let ends = |t| -> Vec<u64> {
+            let plan = cat.restore_plan(Some(t)).unwrap();
+            plan.segments.iter().map(|s| s.end).collect()
+        };
+        assert_eq!(ends(T0 + SEC + 1), vec![10, 20, 30, 40]);
+        assert_eq!(ends(T0 + 2 * SEC), vec![10, 20, 30, 40]);
+        assert_eq!(ends(T0 + 2 * SEC + 1), vec![10, 20, 30, 40, 50]);
+        assert_eq!(ends(T0 + SEC), vec![10]);
     }
 
     #[test]

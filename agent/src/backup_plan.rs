@@ -64,6 +64,10 @@ pub struct Observed {
     pub rewrite_pending_from: Option<u64>,
     /// A snapshot is due (schedule or `backup now`).
     pub snapshot_due: bool,
+    /// Wall clock taken *before* the sizes were read: every write redis acknowledged by then is
+    /// in the bytes up to `sizes` (redis writes the AOF before it replies). Segments carry it
+    /// in their names, which point-in-time restores rely on.
+    pub unix_ms: u64,
 }
 
 /// The steps to take now. `max_segment` bounds the bytes of one `Ship`.

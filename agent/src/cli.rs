@@ -1,4 +1,5 @@
-//! The command line: `run`, `status`, `switchover`, `keygen`, `check-config`. Parsing and dispatch only; the work is
+//! The command line: `run`, `status`, `switchover`, `backup`, `restore`, `keygen`,
+//! `check-config`. Parsing and dispatch only; the work is
 //! done by the modules it calls.
 
 use crate::config::{self, DEFAULT_CONFIG_PATH};
@@ -37,6 +38,7 @@ EXAMPLES:
   redis-steward backup now
   redis-steward backup list
   redis-steward backup verify [--chain CHAIN]
+  redis-steward restore --at 2026-11-26T09:59:00Z --target /var/lib/redis-steward/pitr
   redis-steward keygen /etc/redis-steward/gossip.key
 
 FILES:
@@ -70,6 +72,12 @@ enum Cmd {
         /// Configuration file.
         #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Start with no data even though this data store has history. Without it, a node
+        /// whose data directory is empty joins a live primary, or restores the newest backup,
+        /// and refuses to start when it cannot tell (backup store unreadable, no restorable
+        /// backup, or this node served data before).
+        #[arg(long)]
+        start_empty: bool,
     },
     /// Show the running agent's view of its node.
     ///
@@ -112,6 +120,33 @@ enum Cmd {
     Backup {
         #[command(subcommand)]
         action: BackupCmd,
+    },
+    /// Rebuild a data directory from the backups, to the newest point or to a second in the
+    /// past (point-in-time recovery). The agent must not be running on that directory.
+    ///
+    /// Picks the chain whose window covers TIME, downloads, authenticates and decrypts its
+    /// base and WAL segments, lays them out as the appendonlydir redis-server starts from, and
+    /// cuts the WAL after the last write redis ran in second TIME. Shows progress (bytes,
+    /// objects, rate, time left) on a terminal and a line every few seconds otherwise, then a
+    /// summary. Nothing is half-done: the result is built beside the target and moved into
+    /// place at the end. Refuses a target that holds data unless --force (the old data is
+    /// moved aside, never deleted), a time outside the restorable windows (the error lists
+    /// them), a chain with a missing WAL segment (unless --at stays before the gap), and any
+    /// object that fails authentication.
+    Restore {
+        /// Configuration file (backup.url, options, keys and data_dir).
+        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Restore to this second: unix seconds or RFC 3339 (2026-11-26T10:00:00Z). Default:
+        /// the newest point in the backups.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// The data directory to rebuild (default: data_dir from the config).
+        #[arg(long, value_name = "DIR")]
+        target: Option<PathBuf>,
+        /// Replace data already in the target (it is moved aside, not deleted).
+        #[arg(long)]
+        force: bool,
     },
     /// Write a new random 32-byte data-store key (hex, mode 0600), e.g. the gossip key that
     /// every node of an HA data store shares. Refuses to overwrite an existing file.
@@ -251,13 +286,7 @@ fn backup(action: BackupCmd) -> Result<()> {
             Ok(())
         }
         BackupCmd::Verify { config, chain } => {
-            let (b, store) = open_store(&config)?;
-            let key = b
-                .key_file
-                .as_ref()
-                .context("backup.key_file is not set: cannot read backups")?;
-            let keys = crate::backup_keys::KeyRing::load(key, &b.previous_key_files)
-                .context("config key `backup.key_file`")?;
+            let (store, keys) = backup_reader(&config::load(&config)?)?;
             let v = runtime()?.block_on(crate::restore::verify(&store, &keys, chain.as_deref()))?;
             for (object, e) in &v.failures {
                 eprintln!("FAILED {object}: {e}");
@@ -275,6 +304,61 @@ fn backup(action: BackupCmd) -> Result<()> {
             }
         }
     }
+}
+
+/// The store and keys of `[backup]`, for commands that read backups.
+fn backup_reader(
+    cfg: &config::Config,
+) -> Result<(crate::store::Store, crate::backup_keys::KeyRing)> {
+    let b = cfg
+        .backup
+        .as_ref()
+        .context("no [backup] section in the config: backups are off")?;
+    crate::restore::open_backups(b)
+}
+
+fn restore(
+    config: &std::path::Path,
+    at: Option<&str>,
+    target: Option<PathBuf>,
+    force: bool,
+) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let cfg = config::load(config)?;
+    let at = at.map(crate::restore::parse_time).transpose()?;
+    let (store, keys) = backup_reader(&cfg)?;
+    let dir = target.unwrap_or_else(|| cfg.data_dir.clone());
+    crate::secrets::ensure_dir(&dir, 0o750)?;
+    let lock = crate::layout::Layout::new(&dir, &cfg.state_dir).lock_file();
+    let _lock = crate::lock::DataDirLock::acquire(&lock, &dir)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    let restored = runtime()?.block_on(crate::restore::restore(
+        &store,
+        &keys,
+        at,
+        &dir,
+        force,
+        |p| {
+            if tty {
+                eprint!("\r\x1b[2Krestoring: {p}");
+                let _ = std::io::stderr().flush();
+            } else if last_line.elapsed() >= Duration::from_secs(5) {
+                eprintln!("restoring: {p}");
+                last_line = std::time::Instant::now();
+            }
+        },
+    ));
+    if tty {
+        eprintln!();
+    }
+    let restored = restored?;
+    println!("{restored}");
+    println!(
+        "{} is ready: start the agent (or redis-server) on it",
+        dir.display()
+    );
+    Ok(())
 }
 
 pub fn main() -> ExitCode {
@@ -297,11 +381,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Run { config } => {
+        Cmd::Run {
+            config,
+            start_empty,
+        } => {
             let cfg = config::load(&config)?;
             crate::logging::init();
             crate::logging::set_node(&cfg.node_name);
-            runtime()?.block_on(crate::agent::run(cfg))
+            let opts = crate::agent::RunOptions { start_empty };
+            runtime()?.block_on(crate::agent::run(cfg, opts))
         }
         Cmd::Switchover {
             config,
@@ -313,6 +401,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             runtime()?.block_on(switchover(addr, to, Duration::from_secs(wait)))
         }
         Cmd::Backup { action } => backup(action),
+        Cmd::Restore {
+            config,
+            at,
+            target,
+            force,
+        } => restore(&config, at.as_deref(), target, force),
         Cmd::Status { config, api, json } => {
             let addr = api_addr(api, &config)?;
             let status = runtime()?.block_on(crate::api::fetch_status(addr))?;

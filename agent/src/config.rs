@@ -74,6 +74,9 @@ struct RawSentinel {
 struct RawHooks {
     on_promote: Option<Vec<String>>,
     timeout_secs: Option<i64>,
+    on_node_lost: Option<Vec<String>>,
+    node_lost_after_secs: Option<i64>,
+    node_lost_repeat_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +185,11 @@ pub struct HooksConfig {
     /// Run (argv, no shell) by a node each time it becomes primary, e.g. to update DNS.
     pub on_promote: Option<Vec<String>>,
     pub timeout: std::time::Duration,
+    /// Run by the primary when another node has been unreachable for `node_lost_after`, and
+    /// again every `node_lost_repeat` until a node takes the slot (crate::replacement).
+    pub on_node_lost: Option<Vec<String>>,
+    pub node_lost_after: std::time::Duration,
+    pub node_lost_repeat: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -531,31 +539,48 @@ impl RawConfig {
 
 impl RawHooks {
     fn build(self) -> Result<HooksConfig, ConfigError> {
-        if let Some(argv) = &self.on_promote {
-            match argv.first() {
-                None => {
-                    return Err(err(
-                        "hooks.on_promote",
-                        "is an empty command; leave it out to run no hook",
-                    ))
-                }
-                Some(prog) => {
-                    absolute("hooks.on_promote", PathBuf::from(prog))?;
+        for (key, argv) in [
+            ("hooks.on_promote", &self.on_promote),
+            ("hooks.on_node_lost", &self.on_node_lost),
+        ] {
+            if let Some(argv) = argv {
+                match argv.first() {
+                    None => {
+                        return Err(err(key, "is an empty command; leave it out to run no hook"))
+                    }
+                    Some(prog) => {
+                        absolute(key, PathBuf::from(prog))?;
+                    }
                 }
             }
         }
-        let timeout_secs = match self.timeout_secs.unwrap_or(30) {
-            t @ 1..=3600 => t as u64,
-            t => {
-                return Err(err(
-                    "hooks.timeout_secs",
-                    format!("{t} is not between 1 and 3600 seconds"),
-                ))
-            }
+        let secs = |key: &'static str, v: Option<i64>, default: i64, min: i64, max: i64| match v
+            .unwrap_or(default)
+        {
+            t if (min..=max).contains(&t) => Ok(std::time::Duration::from_secs(t as u64)),
+            t => Err(err(
+                key,
+                format!("{t} is not between {min} and {max} seconds"),
+            )),
         };
         Ok(HooksConfig {
             on_promote: self.on_promote,
-            timeout: std::time::Duration::from_secs(timeout_secs),
+            timeout: secs("hooks.timeout_secs", self.timeout_secs, 30, 1, 3600)?,
+            on_node_lost: self.on_node_lost,
+            node_lost_after: secs(
+                "hooks.node_lost_after_secs",
+                self.node_lost_after_secs,
+                300,
+                1,
+                86_400,
+            )?,
+            node_lost_repeat: secs(
+                "hooks.node_lost_repeat_secs",
+                self.node_lost_repeat_secs,
+                900,
+                1,
+                86_400,
+            )?,
         })
     }
 }

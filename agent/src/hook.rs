@@ -1,5 +1,6 @@
 //! The promotion hook: an operator command run each time this node becomes primary, so that
-//! something outside (a DNS name, a load balancer) can point at the new primary.
+//! something outside (a DNS name, a load balancer) can point at the new primary. Also how
+//! any operator command runs (`run_command`: timeout, process group, output in the error).
 //!
 //! The hook never holds up a promotion: the HA loop only sends it a message. It runs with a
 //! timeout (the whole process group is killed when it expires), and a failure is logged and
@@ -122,12 +123,20 @@ async fn run(
     }
 }
 
-/// Run the hook once; an error says how it failed (exit status, timeout, spawn error) and
-/// carries the end of what it printed.
 async fn run_once(argv: &[String], p: &Promotion, timeout: Duration) -> Result<(), String> {
+    run_command(argv, &p.env(), timeout).await
+}
+
+/// Run an operator command (argv, no shell) once with `env` added; an error says how it
+/// failed (exit status, timeout, spawn error) and carries the end of what it printed.
+pub async fn run_command(
+    argv: &[String],
+    env: &[(&'static str, String)],
+    timeout: Duration,
+) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
-        .envs(p.env())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

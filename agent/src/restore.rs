@@ -2,16 +2,32 @@
 //! piece by piece (`backup_format::Opener`), and hand the plaintext to a sink — a file of a
 //! rebuilt AOF directory, or nothing when only verifying. Errors name the object.
 //!
-//! `materialize` turns a restore plan (a base and the WAL segments after it) into a Redis 7
-//! multi-part AOF directory that a fresh redis-server loads as is.
+//! `restore` turns the backups into a data directory a fresh redis-server loads as is: the
+//! chain covering the time asked for, laid out as a Redis 7 multi-part AOF directory and cut
+//! at that second (`aof_cut`), with progress reported as it goes.
 
-use crate::backup_catalog::{Catalog, ListedObject, RestorePlan, BACKUP_PREFIX};
+use crate::backup_catalog::{
+    format_utc, human_bytes, parse_utc, Catalog, ListedObject, RestorePlan, BACKUP_PREFIX,
+};
 use crate::backup_format::Opener;
 use crate::backup_keys::KeyRing;
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The store and the keys that `[backup]` names (the key file's mode is checked).
+pub fn open_backups(b: &crate::config::BackupConfig) -> Result<(Store, KeyRing)> {
+    let store = Store::open(&b.url, &b.options).context("config key `backup.url`")?;
+    let key = b
+        .key_file
+        .as_ref()
+        .context("backup.key_file is not set: cannot read or write backups")?;
+    let keys = KeyRing::load(key, &b.previous_key_files).context("config key `backup.key_file`")?;
+    Ok((store, keys))
+}
 
 /// The catalog of the store's backups.
 pub async fn catalog(store: &Store) -> Result<Catalog> {
@@ -41,6 +57,7 @@ pub async fn open_object(
     keys: &KeyRing,
     path: &str,
     mut sink: Option<&mut std::fs::File>,
+    mut downloaded: impl FnMut(u64),
 ) -> Result<u64> {
     use std::io::Write;
     let Some(mut stream) = store.get_stream(path).await? else {
@@ -49,8 +66,10 @@ pub async fn open_object(
     let mut opener = Opener::new(path, keys);
     let mut total = 0u64;
     while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        downloaded(piece.len() as u64);
         let mut written: std::io::Result<()> = Ok(());
-        opener.push_each(&piece?, |p| {
+        opener.push_each(&piece, |p| {
             total += p.len() as u64;
             if let (Some(f), Ok(())) = (sink.as_deref_mut(), &written) {
                 written = f.write_all(p);
@@ -82,7 +101,7 @@ pub async fn verify(store: &Store, keys: &KeyRing, chain: Option<&str>) -> Resul
         }
         matched = true;
         for path in c.paths() {
-            match open_object(store, keys, path, None).await {
+            match open_object(store, keys, path, None, |_| {}).await {
                 Ok(n) => {
                     v.objects += 1;
                     v.bytes += n;
@@ -97,36 +116,396 @@ pub async fn verify(store: &Store, keys: &KeyRing, chain: Option<&str>) -> Resul
     Ok(v)
 }
 
-/// Rebuild a Redis 7 AOF directory from a restore plan: the base as
-/// `appendonly.aof.1.base.rdb`, every WAL segment appended in order to
-/// `appendonly.aof.1.incr.aof`, and the manifest naming both. `dir` must not exist yet.
-pub async fn materialize(
+/// How far a restore is: stored (sealed) bytes and objects fetched so far.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub objects_done: usize,
+    pub objects_total: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub elapsed: Duration,
+}
+
+impl Progress {
+    /// Bytes per second so far.
+    pub fn rate(&self) -> f64 {
+        self.bytes_done as f64 / self.elapsed.as_secs_f64().max(1e-3)
+    }
+
+    /// Time left at the rate so far (None before anything arrived).
+    pub fn time_left(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (self.bytes_done > 0 && rate > 0.0).then(|| {
+            Duration::from_secs_f64(self.bytes_total.saturating_sub(self.bytes_done) as f64 / rate)
+        })
+    }
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = if self.bytes_total == 0 {
+            100.0
+        } else {
+            self.bytes_done as f64 * 100.0 / self.bytes_total as f64
+        };
+        write!(
+            f,
+            "{} / {} ({pct:.0}%), {}/{} objects, {}/s",
+            human_bytes(self.bytes_done),
+            human_bytes(self.bytes_total),
+            self.objects_done,
+            self.objects_total,
+            human_bytes(self.rate() as u64),
+        )?;
+        match self.time_left() {
+            Some(t) => write!(f, ", ~{} s left", t.as_secs()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub chain: String,
+    pub objects: usize,
+    pub stored_bytes: u64,
+    /// Bytes of the rebuilt AOF directory.
+    pub aof_bytes: u64,
+    /// The point asked for (`--at`, whole seconds) or the newest point of the chain.
+    pub restores_to_unix_ms: u64,
+    /// The newest second the kept WAL holds writes of (its last `#TS` annotation).
+    pub last_write_second: Option<u64>,
+    /// WAL bytes dropped: after the point asked for, or an unfinished last command.
+    pub dropped_bytes: u64,
+    /// Where data that was in the target before went (`--force`).
+    pub moved_aside: Vec<PathBuf>,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Restored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "restored chain {} to {}: {} object(s), {} downloaded, {} of AOF in {:.1} s",
+            self.chain,
+            format_utc(self.restores_to_unix_ms),
+            self.objects,
+            human_bytes(self.stored_bytes),
+            human_bytes(self.aof_bytes),
+            self.elapsed.as_secs_f64()
+        )?;
+        if let Some(ts) = self.last_write_second {
+            write!(f, "; newest write from {}", format_utc(ts * 1000))?;
+        }
+        if self.dropped_bytes > 0 {
+            write!(
+                f,
+                "; {} of later WAL cut off",
+                human_bytes(self.dropped_bytes)
+            )?;
+        }
+        for p in &self.moved_aside {
+            write!(f, "; earlier data moved to {}", p.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Names in a data directory that mean it holds data.
+const DATA_NAMES: [&str; 2] = [crate::layout::AOF_DIR_NAME, "dump.rdb"];
+
+/// Whether `data_dir` holds redis data (an AOF directory or an RDB file).
+pub fn holds_data(data_dir: &Path) -> bool {
+    DATA_NAMES.iter().any(|n| data_dir.join(n).exists())
+}
+
+/// Parse `--at`: unix seconds, or RFC 3339 (`2026-11-26T10:00:00Z`, `…+02:00`, fractions
+/// allowed). Returns whole unix seconds (a fraction is dropped: restores are to the second).
+pub fn parse_time(s: &str) -> Result<u64> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().context("unix seconds out of range");
+    }
+    let bad = || {
+        anyhow::anyhow!(
+            "`{s}` is not a time: give unix seconds or RFC 3339 such as 2026-11-26T10:00:00Z \
+             or 2026-11-26T12:00:00+02:00"
+        )
+    };
+    // Split off the zone: Z, or ±HH:MM.
+    let (local, offset_s): (&str, i64) = if let Some(l) = s.strip_suffix(['Z', 'z']) {
+        (l, 0)
+    } else if s.len() > 6 && matches!(s.as_bytes()[s.len() - 6], b'+' | b'-') {
+        let (l, z) = s.split_at(s.len() - 6);
+        let (h, m) = z[1..].split_once(':').ok_or_else(bad)?;
+        let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if h > 23 || m > 59 {
+            return Err(bad());
+        }
+        let sign = if z.starts_with('-') { -1 } else { 1 };
+        (l, sign * (h * 3600 + m * 60))
+    } else {
+        return Err(bad());
+    };
+    let whole = local.split_once('.').map_or(local, |(w, frac)| {
+        if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            ""
+        } else {
+            w
+        }
+    });
+    let ms = parse_utc(&format!("{}Z", whole.replace(' ', "T"))).ok_or_else(bad)?;
+    let secs = (ms / 1000) as i64 - offset_s;
+    u64::try_from(secs).map_err(|_| bad())
+}
+
+/// Rebuild the data directory `data_dir` from the backups: the chain covering `at_unix_s`
+/// (whole seconds; `None`: the newest point), authenticated, decrypted and laid out as a
+/// Redis 7 multi-part AOF directory (the base, every WAL segment appended in order to one
+/// incremental file, a manifest), cut after the last write of second `at_unix_s`.
+///
+/// Nothing is half-done: the directory is built beside the target and renamed into place
+/// only when complete. A target that holds data is refused unless `force`, which moves the
+/// old data aside (never deletes it). The caller holds the data directory's lock.
+pub async fn restore(
+    store: &Store,
+    keys: &KeyRing,
+    at_unix_s: Option<u64>,
+    data_dir: &Path,
+    force: bool,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Restored> {
+    let started = Instant::now();
+    if holds_data(data_dir) && !force {
+        bail!(
+            "{} already holds data ({}); refusing to replace it without --force (which \
+             moves it aside, never deletes it)",
+            data_dir.display(),
+            DATA_NAMES
+                .iter()
+                .filter(|n| data_dir.join(n).exists())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let cat = catalog(store).await?;
+    // Second T means everything redis ran up to T.999.
+    let target_ms = at_unix_s.map(|s| s * 1000 + 999);
+    let plan = cat.restore_plan(target_ms)?;
+    let chain = cat
+        .chain(&plan.chain)
+        .expect("the plan's chain is in the catalog");
+    if let Some(gap) = chain.gaps.first() {
+        let end = chain.window.map_or(0, |w| w.end_unix_ms);
+        if at_unix_s.is_none() {
+            bail!(
+                "chain {} is missing WAL ({gap}): its newest complete point is {}; writes \
+                 after that are not in the backups. Restore with --at {} to accept losing them",
+                chain.id,
+                format_utc(end),
+                end / 1000
+            );
+        }
+    }
+
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let work = data_dir.join(format!(".restore-{}", std::process::id()));
+    clear_stale_work_dirs(data_dir)?;
+    let result = build(
+        store,
+        keys,
+        &plan,
+        at_unix_s,
+        &work,
+        started,
+        &mut on_progress,
+    )
+    .await;
+    let (mut restored, aof_dir) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
+    // Into place: move the old data aside first (with --force), then one rename.
+    let stamp = format_utc(now_ms()).replace(':', "");
+    for name in DATA_NAMES {
+        let p = data_dir.join(name);
+        if p.exists() {
+            let aside = data_dir.join(format!("{name}.before-restore-{stamp}"));
+            std::fs::rename(&p, &aside).with_context(|| format!("moving {} aside", p.display()))?;
+            restored.moved_aside.push(aside);
+        }
+    }
+    let target = data_dir.join(crate::layout::AOF_DIR_NAME);
+    std::fs::rename(&aof_dir, &target)
+        .with_context(|| format!("moving the restored AOF into {}", target.display()))?;
+    std::fs::remove_dir_all(&work).ok();
+    fsync_dir(data_dir)?;
+    restored.elapsed = started.elapsed();
+    Ok(restored)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Work directories of restores that died (this process holds the lock, so none is live).
+fn clear_stale_work_dirs(data_dir: &Path) -> Result<()> {
+    for e in
+        std::fs::read_dir(data_dir).with_context(|| format!("reading {}", data_dir.display()))?
+    {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with(".restore-") {
+            std::fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Download and lay out the plan under `work/appendonlydir`; returns it.
+async fn build(
     store: &Store,
     keys: &KeyRing,
     plan: &RestorePlan,
-    dir: &Path,
-) -> Result<()> {
-    if dir.exists() {
-        bail!("{} exists; not overwriting it", dir.display());
-    }
-    tokio::fs::create_dir_all(dir)
-        .await
-        .with_context(|| format!("creating {}", dir.display()))?;
+    at_unix_s: Option<u64>,
+    work: &Path,
+    started: Instant,
+    on_progress: &mut impl FnMut(&Progress),
+) -> Result<(Restored, PathBuf)> {
+    let dir = work.join(crate::layout::AOF_DIR_NAME);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let paths = plan.paths();
-    let Some((base, wal)) = paths.split_first() else {
-        bail!("the restore plan is empty");
+    let mut progress = Progress {
+        objects_done: 0,
+        objects_total: paths.len(),
+        bytes_done: 0,
+        bytes_total: plan.total_bytes(),
+        elapsed: Duration::ZERO,
     };
+    on_progress(&progress);
     let base_file = "appendonly.aof.1.base.rdb";
     let incr_file = "appendonly.aof.1.incr.aof";
-    let mut f = std::fs::File::create(dir.join(base_file))?;
-    open_object(store, keys, base, Some(&mut f)).await?;
-    f.sync_all()?;
-    let mut f = std::fs::File::create(dir.join(incr_file))?;
-    for path in wal {
-        open_object(store, keys, path, Some(&mut f)).await?;
+    let incr_path = dir.join(incr_file);
+    let mut base_out = std::fs::File::create(dir.join(base_file))?;
+    let mut f = std::fs::File::create(&incr_path)?;
+    let (mut base_bytes, mut wal_bytes) = (0, 0);
+    let mut last_report = Instant::now();
+    for (i, path) in paths.iter().enumerate() {
+        let out = if i == 0 { &mut base_out } else { &mut f };
+        let mut done = progress.bytes_done;
+        let n = open_object(store, keys, path, Some(out), |n| {
+            done += n;
+            if last_report.elapsed() >= Duration::from_millis(200) {
+                let p = Progress {
+                    bytes_done: done,
+                    elapsed: started.elapsed(),
+                    ..progress.clone()
+                };
+                on_progress(&p);
+                last_report = Instant::now();
+            }
+        })
+        .await?;
+        progress.bytes_done = done;
+        progress.objects_done += 1;
+        if i == 0 {
+            base_bytes = n;
+            base_out.sync_all()?;
+        } else {
+            wal_bytes += n;
+        }
     }
+    progress.elapsed = started.elapsed();
+    on_progress(&progress);
+
+    // Cut at the second asked for (and drop an unfinished last command either way).
+    let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&incr_path)?);
+    let cut = tokio::task::block_in_place(|| crate::aof_cut::find_cut(reader, at_unix_s))
+        .with_context(|| format!("reading the WAL of chain {}", plan.chain))?;
+    f.set_len(cut.keep_bytes)?;
     f.sync_all()?;
     let manifest = format!("file {base_file} seq 1 type b\nfile {incr_file} seq 1 type i\n");
-    tokio::fs::write(dir.join(crate::layout::AOF_MANIFEST_NAME), manifest).await?;
-    Ok(())
+    std::fs::write(dir.join(crate::layout::AOF_MANIFEST_NAME), manifest)?;
+    fsync_dir(&dir)?;
+    let restored = Restored {
+        chain: plan.chain.to_string(),
+        objects: paths.len(),
+        stored_bytes: progress.bytes_done,
+        aof_bytes: base_bytes + cut.keep_bytes,
+        restores_to_unix_ms: match at_unix_s {
+            Some(s) => s * 1000,
+            None => plan.restores_to_unix_ms,
+        },
+        last_write_second: cut.last_kept_ts,
+        dropped_bytes: wal_bytes - cut.keep_bytes,
+        moved_aside: Vec::new(),
+        elapsed: started.elapsed(),
+    };
+    Ok((restored, dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_times() {
+        assert_eq!(parse_time("1793491200").unwrap(), 1_793_491_200);
+        assert_eq!(parse_time("2026-11-01T00:00:00Z").unwrap(), 1_793_491_200);
+        assert_eq!(
+            parse_time("2026-11-01T00:00:07.999Z").unwrap(),
+            1_793_491_207
+        );
+        assert_eq!(parse_time("2026-11-01T00:00:07.5Z").unwrap(), 1_793_491_207);
+        assert_eq!(
+            parse_time("2026-11-01T02:00:00+02:00").unwrap(),
+            1_793_491_200
+        );
+        assert_eq!(
+            parse_time("2026-10-31T19:30:00-04:30").unwrap(),
+            1_793_491_200
+        );
+        assert_eq!(parse_time("2026-11-01 00:00:00Z").unwrap(), 1_793_491_200);
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-01T00:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-11-01T00:00:00.Z",
+            "2026-11-01T00:00:00+25:00",
+            "1970-01-01T00:00:00+01:00",
+        ] {
+            let e = parse_time(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a time"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn progress_reads_like_a_person_wrote_it() {
+        let p = Progress {
+            objects_done: 3,
+            objects_total: 10,
+            bytes_done: 512 << 20,
+            bytes_total: 1 << 30,
+            elapsed: Duration::from_secs(4),
+        };
+        assert_eq!(
+            p.to_string(),
+            "512.0 MiB / 1.0 GiB (50%), 3/10 objects, 128.0 MiB/s, ~4 s left"
+        );
+    }
 }

@@ -66,6 +66,16 @@ impl Notifier {
         }
     }
 
+    /// Long work before READY (a restore): say what is going on, keep the watchdog fed and
+    /// push systemd's start timeout out by a minute, so a big restore is not killed midway.
+    pub fn busy(&mut self, status: &str) {
+        self.status(status);
+        self.send(&[
+            NotifyState::ExtendTimeoutUsec(60_000_000),
+            NotifyState::Watchdog,
+        ]);
+    }
+
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
     }

@@ -27,6 +27,11 @@ pub struct Cluster {
     pub plan: String,
     promote_hook: bool,
     backups: bool,
+    node_lost_hook: bool,
+    /// The testbed host of each node (a replaced node moves to a new host).
+    node_hosts: Vec<usize>,
+    /// The host clients run on.
+    client: usize,
 }
 
 /// Extras for [`Cluster::start_with`].
@@ -38,6 +43,9 @@ pub struct Options {
     /// Backups to [`Cluster::bucket`] with a shared key ([`Cluster::backup_key`]), WAL
     /// shipped every 200 ms.
     pub backups: bool,
+    /// Every agent runs `hooks.on_node_lost` after 2 s (repeated every 3 s), appending
+    /// `runner slot address plan attempt` to [`Cluster::node_lost_log`].
+    pub node_lost_hook: bool,
 }
 
 impl Cluster {
@@ -71,6 +79,9 @@ impl Cluster {
             plan: plan.to_string(),
             promote_hook,
             backups: opts.backups,
+            node_lost_hook: opts.node_lost_hook,
+            node_hosts: (0..n).collect(),
+            client: n,
         };
         if opts.backups {
             let key: [u8; 32] = rand::random();
@@ -85,6 +96,17 @@ impl Cluster {
                 format!(
                     "#!/bin/sh\necho \"$REDIS_STEWARD_NODE $REDIS_STEWARD_EPOCH $REDIS_STEWARD_ADDRESS\" >> {}\n",
                     cluster.hook_log().display()
+                ),
+            )?;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        }
+        if opts.node_lost_hook {
+            let script = cluster.shared.path().join("node-lost.sh");
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\necho \"$1 $REDIS_STEWARD_SLOT $REDIS_STEWARD_LAST_ADDRESS $REDIS_STEWARD_PLAN $REDIS_STEWARD_ATTEMPT\" >> {}\n",
+                    cluster.node_lost_log().display()
                 ),
             )?;
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
@@ -108,20 +130,29 @@ impl Cluster {
             .map(|j| {
                 format!(
                     "  {{ name = \"node-{j}\", address = \"{}\" }},",
-                    self.bed.host(j).ip
+                    self.node_ip(j)
                 )
             })
             .collect();
         let mut t = format!(
             "\n[tls]\nca_file = \"{0}/ca.crt\"\nca_key_file = \"{0}/ca.key\"\n\n[cluster]\nadvertise_address = \"{1}\"\ngossip_port = {GOSSIP_PORT}\ngossip_key_file = \"{0}/gossip.key\"\nnodes = [\n{2}\n]\n",
             self.shared.path().display(),
-            self.bed.host(i).ip,
+            self.node_ip(i),
             nodes.join("\n"),
         );
+        if self.promote_hook || self.node_lost_hook {
+            t += "\n[hooks]\ntimeout_secs = 5\n";
+        }
         if self.promote_hook {
             t += &format!(
-                "\n[hooks]\non_promote = [\"{}\"]\ntimeout_secs = 5\n",
+                "on_promote = [\"{}\"]\n",
                 self.shared.path().join("hook.sh").display()
+            );
+        }
+        if self.node_lost_hook {
+            t += &format!(
+                "on_node_lost = [\"{}\", \"node-{i}\"]\nnode_lost_after_secs = 2\nnode_lost_repeat_secs = 3\n",
+                self.shared.path().join("node-lost.sh").display()
             );
         }
         if self.plan == "business" || self.backups {
@@ -152,7 +183,32 @@ impl Cluster {
         spec.sentinel_port = SENTINEL_PORT;
         spec.memory_limit_mb = Some(1024);
         spec.extra = self.cluster_toml(i);
-        Ok(Agent::prepare(spec)?.in_netns(&self.bed.host(i).name))
+        Ok(Agent::prepare(spec)?.in_netns(&self.bed.host(self.node_hosts[i]).name))
+    }
+
+    /// Node i's address (its host's).
+    pub fn node_ip(&self, i: usize) -> std::net::Ipv4Addr {
+        self.bed.host(self.node_hosts[i]).ip
+    }
+
+    /// Node i's machine is gone for good: kill everything on its host, then start a new
+    /// machine for the slot — a new host with a new address, an empty disk, the same node
+    /// name — and return once its agent answers. The other nodes' configs still name the old
+    /// address.
+    pub fn replace_node(&mut self, i: usize) -> Result<()> {
+        self.kill_node(i)?;
+        self.bed.add_host()?;
+        self.node_hosts[i] = self.bed.hosts().len() - 1;
+        let agent = self.prepare_node(i)?;
+        // Dropping the old agent removes its directories: the disk is wiped.
+        self.nodes[i] = agent;
+        self.nodes[i].start()?;
+        Ok(())
+    }
+
+    /// Lines `runner slot address plan attempt`, one per `on_node_lost` run.
+    pub fn node_lost_log(&self) -> PathBuf {
+        self.shared.path().join("node-lost.log")
     }
 
     /// The backup bucket (a local folder).
@@ -176,7 +232,7 @@ impl Cluster {
     /// Every agent's Redis Sentinel protocol address (master name: the data store id).
     pub fn sentinel_addrs(&self) -> Vec<std::net::SocketAddr> {
         (0..self.nodes.len())
-            .map(|i| std::net::SocketAddr::new(self.bed.host(i).ip.into(), SENTINEL_PORT))
+            .map(|i| std::net::SocketAddr::new(self.node_ip(i).into(), SENTINEL_PORT))
             .collect()
     }
 
@@ -266,15 +322,14 @@ impl Cluster {
 
     /// Kill -9 everything on node i's host (agent and redis): the machine is gone.
     pub fn kill_node(&mut self, i: usize) -> Result<()> {
-        self.bed.kill_all(i)?;
+        self.bed.kill_all(self.node_hosts[i])?;
         let _ = self.nodes[i].wait_exit(Duration::from_secs(10));
         Ok(())
     }
 
     /// The redis-cli line for node i, run from the client host.
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
-        let client = self.bed.hosts().len() - 1;
-        self.cli_from(client, &self.bed.host(i).ip.to_string(), args)
+        self.cli_from(self.client, &self.node_ip(i).to_string(), args)
     }
 
     /// redis-cli run on host `from` against `ip` (e.g. 127.0.0.1 on a cut-off node), with a
@@ -365,7 +420,7 @@ impl Checkers {
                 }
             })
         };
-        let client_ns = cluster.bed.host(cluster.bed.hosts().len() - 1).name.clone();
+        let client_ns = cluster.bed.host(cluster.client).name.clone();
         let writer =
             crate::sentinel_client::Writer::start(&client_ns, WriterConfig::new(cluster.target()))
                 .expect("start the Sentinel-discovering writer");
@@ -376,7 +431,7 @@ impl Checkers {
             writer,
             started,
             node_ips: (0..cluster.nodes.len())
-                .map(|i| cluster.bed.host(i).ip.to_string())
+                .map(|i| cluster.node_ip(i).to_string())
                 .collect(),
         }
     }

@@ -681,7 +681,8 @@ async fn probe_once(
     }
 }
 
-fn data_node_client(target: &ProbeTarget) -> Result<redis::Client> {
+/// A client for one data node (TLS with the target's CA when it has one).
+pub fn data_node_client(target: &ProbeTarget) -> Result<redis::Client> {
     let (host, port) = (target.addr.ip().to_string(), target.addr.port());
     let scheme = if target.tls_ca.is_some() {
         "rediss"

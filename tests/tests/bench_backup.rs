@@ -8,11 +8,10 @@
 //! whole `backup now` (AOF rewrite included), a plain copy of the same base file, the agent's
 //! peak RSS during it, and its CPU use while idle.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use steward_testbed::node::{run_cli, wait_for, Agent, NodeSpec, PASSWORD};
+use steward_testbed::node::{run_cli, wait_for, Agent, NodeSpec};
 
 fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
@@ -28,45 +27,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-/// `mb` values of 1 MiB of half-compressible text, through redis-cli --pipe.
-fn load(agent: &Agent, mb: usize) {
-    let mut child = agent
-        .redis_cli_command(Some(PASSWORD))
-        .arg("--pipe")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut value = vec![0u8; 1 << 20];
-    for i in 0..mb {
-        for (j, b) in value.iter_mut().enumerate() {
-            // Runs of a repeated byte and random hex: about what zstd sees in real RDBs.
-            if (j / 64) % 2 == 0 {
-                *b = b'a' + (i % 26) as u8;
-            } else {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                *b = b"0123456789abcdef"[(state & 15) as usize];
-            }
-        }
-        let key = format!("blob:{i}");
-        write!(
-            stdin,
-            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
-            key.len(),
-            value.len()
-        )
-        .unwrap();
-        stdin.write_all(&value).unwrap();
-        stdin.write_all(b"\r\n").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
 }
 
 fn snapshot_line(log: &str) -> Option<(u64, u64)> {
@@ -124,7 +84,7 @@ fn snapshot_of_a_large_dataset_to_the_local_folder() {
     .expect("first snapshot");
 
     let t = Instant::now();
-    load(&agent, mb);
+    steward_testbed::backups::load_dataset(&agent, mb);
     eprintln!("loaded {mb} MiB in {:.1} s", t.elapsed().as_secs_f64());
 
     // Idle CPU (the WAL of the load shipped first).

@@ -1,0 +1,182 @@
+//! Restore benchmark (ignored; numbers go to BENCHMARKS.md):
+//!
+//! `REDIS_STEWARD_BIN=$PWD/target/release/redis-steward cargo test -p steward-testbed --test
+//! bench_restore -- --ignored --nocapture --test-threads=1` (`BENCH_MB` sets the dataset size,
+//! default 1024; a debug agent decrypts at a few MB/s, so use a release one).
+//!
+//! One node backs up a dataset to a local folder; the same objects are copied to an S3 server
+//! (moto). Reported: `redis-steward restore` from each, then the time until a redis-server on
+//! the result answers, next to a redis-server loading the node's own AOF directory copied
+//! locally (the limit) — and, for the replacement choice in ARCHITECTURE.md, a replica's full
+//! sync of the same data from a live primary.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use steward_testbed::backups::*;
+use steward_testbed::node::{free_port, run_cli, wait_for};
+
+/// Start a plain redis-server on `dir` and return it with the time until PING answered.
+fn serve_and_time(dir: &Path) -> (Child, u16, Duration) {
+    let port = free_port();
+    let t = Instant::now();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(dir)
+        .args(["--appendonly", "yes", "--save", "", "--bind", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = wait_for(Duration::from_secs(600), Duration::from_millis(10), || {
+        (redis(port, &["PING"]) == "PONG").then_some(())
+    });
+    assert!(up.is_some(), "redis did not load {}", dir.display());
+    (child, port, t.elapsed())
+}
+
+fn redis(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn restore_into(config: &Path, dir: &Path) -> Duration {
+    let t = Instant::now();
+    let out = run_cli(&[
+        "restore",
+        "--config",
+        config.to_str().unwrap(),
+        "--target",
+        dir.to_str().unwrap(),
+    ]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    took
+}
+
+fn kill(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+#[test]
+#[ignore = "benchmark: run by hand, see the module doc"]
+fn restore_of_a_large_dataset_next_to_a_local_load() {
+    let mb: usize = std::env::var("BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let agent = agent_with_backups(&bucket, &key);
+    load_dataset(&agent, mb);
+    let since = unix_ms();
+    assert_success(&cli(&agent, &["backup", "now"]));
+    wait_snapshot(&agent, since);
+    wait_wal(&agent);
+    agent.stop().unwrap();
+    let config = agent.config_path.clone();
+
+    // The limit: redis loading the node's own AOF directory from local disk.
+    let local = tmp.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(agent.data_dir().join("appendonlydir"))
+        .arg(&local)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = Command::new("sync").status();
+    let (primary, primary_port, limit) = serve_and_time(&local);
+
+    // A replica's full sync of the same data from that live primary.
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica_port = free_port();
+    let t = Instant::now();
+    let replica = Command::new("redis-server")
+        .args(["--port", &replica_port.to_string(), "--dir"])
+        .arg(replica_dir.path())
+        .args(["--appendonly", "yes", "--save", "", "--bind", "127.0.0.1"])
+        .args(["--replicaof", "127.0.0.1", &primary_port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let synced = wait_for(Duration::from_secs(600), Duration::from_millis(20), || {
+        let info = redis(replica_port, &["INFO", "replication"]);
+        (info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1"))
+            .then_some(())
+    });
+    assert!(synced.is_some(), "the replica did not sync");
+    let full_sync = t.elapsed();
+    kill(replica);
+    kill(primary);
+
+    // From the local folder.
+    let from_folder = tmp.path().join("from-folder");
+    let folder_restore = restore_into(&config, &from_folder);
+    let (c, _, folder_load) = serve_and_time(&from_folder);
+    kill(c);
+    std::fs::remove_dir_all(&from_folder).unwrap();
+
+    // From the S3 server: the same objects, copied under the same names.
+    let moto = steward_testbed::s3::MotoServer::start().unwrap();
+    moto.create_bucket("bench").unwrap();
+    let options = moto.options();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let folder = redis_steward::store::Store::open(
+            &format!("file://{}", bucket.display()),
+            &Default::default(),
+        )
+        .unwrap();
+        let s3 = redis_steward::store::Store::open("s3://bench/ds", &options).unwrap();
+        for o in folder.list("backup/").await.unwrap() {
+            let body = folder.get(&o.path).await.unwrap().unwrap();
+            s3.put(&o.path, body).await.unwrap();
+        }
+    });
+    let s3_config = tmp.path().join("s3.toml");
+    let mut body = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("url = \"file://{}\"", bucket.display()),
+        "url = \"s3://bench/ds\"",
+    );
+    body += "\n[backup.options]\n";
+    for (k, v) in &options {
+        body += &format!("{k} = \"{v}\"\n");
+    }
+    std::fs::write(&s3_config, body).unwrap();
+    let from_s3 = tmp.path().join("from-s3");
+    let s3_restore = restore_into(&s3_config, &from_s3);
+    let (c, _, s3_load) = serve_and_time(&from_s3);
+    kill(c);
+
+    let total = |a: Duration, b: Duration| (a + b).as_secs_f64();
+    eprintln!(
+        "RESULT restore of {mb} MiB until redis answers: local folder {:.1} s (restore {:.1} + \
+         load {:.1}) = {:.2}x the limit; S3 server {:.1} s (restore {:.1} + load {:.1}) = {:.2}x; \
+         limit (redis loading its own AOF from local disk) {:.1} s; a replica's full sync of the \
+         same data from a live primary {:.1} s",
+        total(folder_restore, folder_load),
+        folder_restore.as_secs_f64(),
+        folder_load.as_secs_f64(),
+        total(folder_restore, folder_load) / limit.as_secs_f64(),
+        total(s3_restore, s3_load),
+        s3_restore.as_secs_f64(),
+        s3_load.as_secs_f64(),
+        total(s3_restore, s3_load) / limit.as_secs_f64(),
+        limit.as_secs_f64(),
+        full_sync.as_secs_f64(),
+    );
+}
