@@ -46,6 +46,12 @@ FILES:
   <state_dir>/                     redis.conf, users.acl, secrets.toml, tls/, redis.sock
   <data_dir>/appendonlydir/        redis's append-only files
 
+ENVIRONMENT:
+  REDIS_STEWARD_CONFIG   the config file, instead of --config
+  RUST_LOG               log filter (default: info)
+  REDIS_STEWARD_LOG      journald | stderr; by default journald when stderr is systemd's
+                         journal stream, with REDIS_STEWARD_NODE, _ROLE and _EPOCH fields
+
 EXIT STATUS:
   0 on success; 1 on any error (the message names the problem); 2 on bad usage.";
 
@@ -381,6 +387,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => {
             let cfg = config::load(&config)?;
             crate::logging::init();
+            crate::logging::set_node(&cfg.node_name);
             let opts = crate::agent::RunOptions { start_empty };
             runtime()?.block_on(crate::agent::run(cfg, opts))
         }
@@ -443,5 +450,59 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every (sub)command's man page, as clap_mangen renders it: (file name, roff).
+    fn man_pages() -> Vec<(String, Vec<u8>)> {
+        fn walk(cmd: clap::Command, out: &mut Vec<(String, Vec<u8>)>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(sub.clone(), out);
+            }
+            let man = clap_mangen::Man::new(cmd).manual("redis-steward manual");
+            let mut page = Vec::new();
+            man.render(&mut page).expect("render to memory");
+            out.push((man.get_filename(), page));
+        }
+        let mut cmd = Cli::command().disable_help_subcommand(true);
+        cmd.build();
+        let mut pages = Vec::new();
+        walk(cmd, &mut pages);
+        pages.sort();
+        pages
+    }
+
+    /// The packaged man pages (packaging/man) are the CLI's own help: regenerate them with
+    /// `REDIS_STEWARD_UPDATE_MAN=1 cargo test -p redis-steward --lib man_pages`.
+    #[test]
+    fn man_pages_match_the_cli() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/man");
+        let pages = man_pages();
+        if std::env::var_os("REDIS_STEWARD_UPDATE_MAN").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                std::fs::remove_file(entry.unwrap().path()).unwrap();
+            }
+            for (name, page) in &pages {
+                std::fs::write(dir.join(name), page).unwrap();
+            }
+        }
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        on_disk.sort();
+        let names: Vec<String> = pages.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(
+            on_disk, names,
+            "packaging/man is stale: set REDIS_STEWARD_UPDATE_MAN=1 and run this test"
+        );
+        for (name, page) in &pages {
+            assert!(
+                std::fs::read(dir.join(name)).unwrap() == *page,
+                "packaging/man/{name} is stale: set REDIS_STEWARD_UPDATE_MAN=1 and run this test"
+            );
+        }
     }
 }

@@ -257,6 +257,15 @@ impl Supervisor {
                 if libc::getppid() as u32 != parent {
                     libc::_exit(1);
                 }
+                // The agent may hold CAP_NET_ADMIN as an ambient capability (its systemd
+                // unit, for nftables); redis needs none. Fails harmlessly before Linux 4.3.
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                    0,
+                    0,
+                    0,
+                );
                 Ok(())
             });
         }

@@ -146,6 +146,20 @@ impl Agent {
         })
     }
 
+    /// An agent whose config someone else wrote at `config_path` (e.g.
+    /// packaging/provision-node.sh); `spec` only says where to reach it (bind address, ports)
+    /// and `dir` keeps its log. Paths derived from `dir` (`state_dir`, `ca_file`) do not apply.
+    pub fn from_config(spec: NodeSpec, dir: tempfile::TempDir, config_path: PathBuf) -> Agent {
+        Agent {
+            spec,
+            dir,
+            config_path,
+            child: Mutex::new(None),
+            wrapper: Vec::new(),
+            netns: None,
+        }
+    }
+
     /// Run the agent through `wrapper` (e.g. `["ip", "netns", "exec", "ns1"]`).
     pub fn with_wrapper(mut self, wrapper: Vec<String>) -> Agent {
         self.wrapper = wrapper;
