@@ -62,6 +62,28 @@ fn restore_into(config: &Path, dir: &Path) -> Duration {
     took
 }
 
+/// The temporary directory, or its path kept for good when BENCH_KEEP is set.
+fn scopeguard_keep(tmp: tempfile::TempDir) -> KeptDir {
+    match std::env::var_os("BENCH_KEEP") {
+        Some(_) => KeptDir::Kept(tmp.keep()),
+        None => KeptDir::Temp(tmp),
+    }
+}
+
+enum KeptDir {
+    Temp(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl KeptDir {
+    fn path(&self) -> &Path {
+        match self {
+            KeptDir::Temp(t) => t.path(),
+            KeptDir::Kept(p) => p,
+        }
+    }
+}
+
 fn kill(mut c: Child) {
     let _ = c.kill();
     let _ = c.wait();
@@ -75,6 +97,11 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let tmp = tempfile::tempdir().unwrap();
+    // BENCH_KEEP=1 keeps the bucket and config for profiling the restore by hand.
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        eprintln!("keeping {}", tmp.path().display());
+    }
+    let tmp = scopeguard_keep(tmp);
     let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
     write_key(&key);
     let agent = agent_with_backups(&bucket, &key);
@@ -84,7 +111,8 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
     wait_snapshot(&agent, since);
     wait_wal(&agent);
     agent.stop().unwrap();
-    let config = agent.config_path.clone();
+    let config = tmp.path().join("folder.toml");
+    std::fs::copy(&agent.config_path, &config).unwrap();
 
     // The same objects on the S3 server, under the same names.
     let moto = steward_testbed::s3::MotoServer::start().unwrap();
