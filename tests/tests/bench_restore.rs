@@ -84,6 +84,20 @@ impl KeptDir {
     }
 }
 
+/// A new data directory `to` holding a copy of `data_dir`'s AOF directory, synced to disk.
+fn copy_aof(data_dir: &Path, to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(data_dir.join("appendonlydir"))
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let _ = Command::new("sync").status();
+}
+
 fn kill(mut c: Child) {
     let _ = c.kill();
     let _ = c.wait();
@@ -148,16 +162,7 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
     for round in 0..3 {
         // The limit: redis loading the node's own AOF directory from local disk.
         let local = tmp.path().join(format!("local-{round}"));
-        std::fs::create_dir(&local).unwrap();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(agent.data_dir().join("appendonlydir"))
-            .arg(&local)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let _ = Command::new("sync").status();
+        copy_aof(&agent.data_dir(), &local);
         let (c, _, limit) = serve_and_time(&local);
         kill(c);
         std::fs::remove_dir_all(&local).unwrap();
@@ -182,15 +187,7 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
 
     // A replica's full sync of the same data from a live primary.
     let local = tmp.path().join("primary");
-    std::fs::create_dir(&local).unwrap();
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(agent.data_dir().join("appendonlydir"))
-        .arg(&local)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    copy_aof(&agent.data_dir(), &local);
     let (primary, primary_port, _) = serve_and_time(&local);
     let replica_dir = tempfile::tempdir().unwrap();
     let replica_port = free_port();
