@@ -328,21 +328,19 @@ fn a_store_outage_loses_nothing_and_a_full_spool_is_loud() {
     agent.stop().unwrap();
 }
 
-#[test]
-fn backups_round_trip_through_an_s3_server() {
-    let moto = steward_testbed::s3::MotoServer::start().unwrap();
-    moto.create_bucket("backups").unwrap();
+/// A single node backing up to `url` (with object_store `options`) and restored from it:
+/// snapshot + WAL through a real object-store server.
+fn round_trip_through(url: &str, options: &std::collections::BTreeMap<String, String>) {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("backup.key");
     write_key(&key);
-    let options: String = moto
-        .options()
+    let toml_options: String = options
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
         .collect();
     let mut spec = NodeSpec::new("node-1");
     spec.extra = format!(
-        "\n[backup]\nurl = \"s3://backups/ds-1\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{options}",
+        "\n[backup]\nurl = \"{url}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{toml_options}",
         key.display()
     );
     let started = now_ms();
@@ -355,16 +353,25 @@ fn backups_round_trip_through_an_s3_server() {
     wait_wal(&agent);
     let verify = cli(&agent, &["backup", "verify"]);
     assert_success(&verify);
-    let restored = restore_newest_from(
-        "s3://backups/ds-1",
-        &moto.options(),
-        &key,
-        &tmp.path().join("restore"),
-    );
+    let restored = restore_newest_from(url, options, &key, &tmp.path().join("restore"));
     assert_eq!(restored.cmd(&["LLEN", "list"]), "100", "WAL incomplete");
     assert_eq!(restored.cmd(&["LINDEX", "list", "99"]), "99");
     drop(restored);
     agent.stop().unwrap();
+}
+
+#[test]
+fn backups_round_trip_through_an_s3_server() {
+    let moto = steward_testbed::s3::MotoServer::start().unwrap();
+    moto.create_bucket("backups").unwrap();
+    round_trip_through("s3://backups/ds-1", &moto.options());
+}
+
+#[test]
+fn backups_round_trip_through_azurite() {
+    let azurite = steward_testbed::azurite::AzuriteServer::start().unwrap();
+    azurite.create_container("backups").unwrap();
+    round_trip_through("az://backups/ds-1", &azurite.options());
 }
 
 /// The chains in a bucket: (epoch, node) of each, oldest first, from the object names.
