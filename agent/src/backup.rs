@@ -512,8 +512,8 @@ impl Shipper {
     /// at most [`SEAL_AHEAD`] chunks ahead of the upload, so sealing (one core) and the
     /// store's I/O (the runtime's threads) overlap, and the runtime never waits on zstd.
     /// Compression stays on that one thread: zstd's own workers
-    /// ([`Sealer::with_workers`]) were no faster than one thread on the shared 2-core
-    /// machine of BENCHMARKS.md, and cost memory. Dropping the future (a shutdown) stops the sealing thread at its next
+    /// ([`Sealer::with_workers`]) helped on the 2-core machine of BENCHMARKS.md only while
+    /// a core was idle, and their buffers took the peak RSS past 64 MiB. Dropping the future (a shutdown) stops the sealing thread at its next
     /// chunk.
     async fn upload_file(&mut self, object: &str, file: &str) -> Result<u64> {
         let path = self.s.aof_dir.join(file);
