@@ -33,6 +33,8 @@ use tracing::{error, info, warn};
 const MAX_SEGMENT: u64 = 8 << 20;
 /// Read size when streaming a base.
 const READ_CHUNK: usize = 1 << 20;
+/// Sealed chunks (1 MiB each) the sealing thread may run ahead of a base's upload.
+const SEAL_AHEAD: usize = 4;
 
 pub struct BackupSettings {
     pub store: Store,
@@ -510,36 +512,56 @@ impl Shipper {
     }
 
     /// Stream a file through the sealer into a multipart upload: memory stays at a few
-    /// chunks whatever the file's size.
+    /// chunks whatever the file's size. The file is read and sealed on a blocking thread,
+    /// at most [`SEAL_AHEAD`] chunks ahead of the upload, so sealing (one core) and the
+    /// store's I/O (the runtime's threads) overlap, and the runtime never waits on zstd.
+    /// Compression stays on that one thread: zstd's own workers
+    /// ([`Sealer::with_workers`]) helped on the 2-core machine of BENCHMARKS.md only while
+    /// a core was idle, and their buffers took the peak RSS past 64 MiB. Dropping the future (a shutdown) stops the sealing thread at its next
+    /// chunk.
     async fn upload_file(&mut self, object: &str, file: &str) -> Result<u64> {
         let path = self.s.aof_dir.join(file);
-        let mut f = tokio::fs::File::open(&path)
-            .await
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut f =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let mut sealer = Sealer::new(object, &self.s.keys, self.s.zstd_level)?;
         let mut up = self.s.store.upload(object).await?;
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut total = 0u64;
-        let result: Result<()> = async {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(SEAL_AHEAD);
+        let sealing = tokio::task::spawn_blocking(move || -> Result<u64> {
+            use std::io::Read;
+            let send = |chunk: Bytes| {
+                tx.blocking_send(chunk)
+                    .map_err(|_| anyhow::anyhow!("the upload stopped"))
+            };
+            let mut buf = vec![0u8; READ_CHUNK];
+            let mut total = 0u64;
             loop {
-                let n = f.read(&mut buf).await?;
+                let n = f
+                    .read(&mut buf)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 if n == 0 {
                     break;
                 }
                 total += n as u64;
                 for chunk in sealer.push(&buf[..n])? {
-                    up.write(chunk).await?;
+                    send(chunk)?;
                 }
             }
             let (last, _) = sealer.finish()?;
             for chunk in last {
+                send(chunk)?;
+            }
+            Ok(total)
+        });
+        let result: Result<u64> = async {
+            while let Some(chunk) = rx.recv().await {
                 up.write(chunk).await?;
             }
-            Ok(())
+            // The sender is gone: the sealing thread finished, or failed.
+            sealing.await.context("the sealing thread")?
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(total) => {
                 up.finish().await?;
                 self.uploaded(total);
                 Ok(total)

@@ -72,6 +72,10 @@ pub const MAX_CHUNK_SIZE: usize = 16 << 20;
 /// Largest plaintext piece [`Opener::push_each`] hands out.
 pub const OPEN_PIECE: usize = 1 << 20;
 
+/// Plaintext per zstd job when compressing with workers ([`Sealer::with_workers`]): zstd's
+/// default at level 1 is 2 MiB; 1 MiB halves the buffers it keeps per worker.
+pub const WORKER_JOB_SIZE: u32 = 1 << 20;
+
 /// Bit 31 of the frame word: this is the final chunk.
 const FINAL_FLAG: u32 = 1 << 31;
 /// HKDF info for the per-object key.
@@ -350,6 +354,34 @@ impl Sealer {
             failed: None,
             object,
         })
+    }
+
+    /// Compress with `workers` threads of zstd's own (its multithreaded mode) instead of on
+    /// the caller's thread; 0 keeps everything on the caller's thread. The object is the same
+    /// single zstd frame, so openers see no difference; the caller's thread then only seals
+    /// (AES-GCM) and waits for compressed output. Meant for large objects (a snapshot's
+    /// base): zstd splits the input into jobs of [`WORKER_JOB_SIZE`] and holds input and
+    /// output for a few jobs per worker, so memory grows by a few MiB per worker. Must be
+    /// called before the first [`Sealer::push`].
+    pub fn with_workers(mut self, workers: u32) -> Result<Sealer, FormatError> {
+        if self.header_sent {
+            return Err(FormatError::Compression {
+                object: self.object.clone(),
+                detail: "zstd workers must be set before the first push".into(),
+            });
+        }
+        for p in [
+            CParameter::NbWorkers(workers),
+            CParameter::JobSize(WORKER_JOB_SIZE),
+        ] {
+            self.encoder
+                .set_parameter(p)
+                .map_err(|e| FormatError::Compression {
+                    object: self.object.clone(),
+                    detail: format!("setting {workers} zstd workers: {e}"),
+                })?;
+        }
+        Ok(self)
     }
 
     /// Compress and seal `plaintext`; returns the object bytes completed by it (the header on
@@ -1138,6 +1170,39 @@ mod tests {
         assert!(open_all(NAME, &keys, &sealed).unwrap() == plain);
         let small = seal_all(NAME, &keys, 1, b"hello").unwrap();
         assert_eq!(open_all(NAME, &keys, &small).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn backup_sealed_by_zstd_workers_opens_the_same_and_stays_bounded() {
+        // Several of zstd's jobs (2 MiB at level 1) so the workers really split the frame;
+        // small chunks, so many are sealed while the workers run.
+        let keys = ring();
+        let plain = [records(6 << 20, 4), noise(1 << 20, 5), records(3 << 20, 6)].concat();
+        for workers in [0, 1, 2] {
+            let mut sealer = Sealer::with_chunk_size(NAME, &keys, 1, 64 << 10)
+                .unwrap()
+                .with_workers(workers)
+                .unwrap();
+            let mut sealed = Vec::new();
+            for p in plain.chunks(1 << 20) {
+                for part in sealer.push(p).unwrap() {
+                    sealed.extend_from_slice(&part);
+                }
+                assert!(sealer.buffered() <= 2 * (64 << 10), "{}", sealer.buffered());
+            }
+            let (rest, stats) = sealer.finish().unwrap();
+            rest.iter().for_each(|p| sealed.extend_from_slice(p));
+            assert_eq!(stats.plaintext_len, plain.len() as u64);
+            assert_eq!(stats.sealed_len, sealed.len() as u64);
+            let (opened, open_stats) = open_pieces(NAME, &keys, &sealed, 100_003).unwrap();
+            assert!(opened == plain, "round trip with {workers} workers");
+            assert_eq!(open_stats, stats);
+        }
+        // Workers are set before the first push, never in the middle of the frame.
+        let mut sealer = Sealer::new(NAME, &keys, 1).unwrap();
+        sealer.push(b"x").unwrap();
+        let e = sealer.with_workers(2).err().unwrap();
+        assert!(e.to_string().contains("before the first push"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The redis-steward testbed: helpers that start the real agent binary and real
 //! redis-server, and (in `netns`) multi-host networks made of network namespaces.
 
+pub mod azurite;
 pub mod backups;
 pub mod cluster;
 pub mod netns;

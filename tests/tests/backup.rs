@@ -132,21 +132,19 @@ fn a_store_outage_loses_nothing_and_a_full_spool_is_loud() {
     agent.stop().unwrap();
 }
 
-#[test]
-fn backups_round_trip_through_an_s3_server() {
-    let moto = steward_testbed::s3::MotoServer::start().unwrap();
-    moto.create_bucket("backups").unwrap();
+/// A single node backing up to `url` (with object_store `options`) and restored from it:
+/// snapshot + WAL through a real object-store server.
+fn round_trip_through(url: &str, options: &std::collections::BTreeMap<String, String>) {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("backup.key");
     write_key(&key);
-    let options: String = moto
-        .options()
+    let toml_options: String = options
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
         .collect();
     let mut spec = NodeSpec::new("node-1");
     spec.extra = format!(
-        "\n[backup]\nurl = \"s3://backups/ds-1\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{options}",
+        "\n[backup]\nurl = \"{url}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{toml_options}",
         key.display()
     );
     let started = now_ms();
@@ -159,16 +157,25 @@ fn backups_round_trip_through_an_s3_server() {
     wait_wal(&agent);
     let verify = cli(&agent, &["backup", "verify"]);
     assert_success(&verify);
-    let restored = restore_newest_from(
-        "s3://backups/ds-1",
-        &moto.options(),
-        &key,
-        &tmp.path().join("restore"),
-    );
+    let restored = restore_newest_from(url, options, &key, &tmp.path().join("restore"));
     assert_eq!(restored.cmd(&["LLEN", "list"]), "100", "WAL incomplete");
     assert_eq!(restored.cmd(&["LINDEX", "list", "99"]), "99");
     drop(restored);
     agent.stop().unwrap();
+}
+
+#[test]
+fn backups_round_trip_through_an_s3_server() {
+    let moto = steward_testbed::s3::MotoServer::start().unwrap();
+    moto.create_bucket("backups").unwrap();
+    round_trip_through("s3://backups/ds-1", &moto.options());
+}
+
+#[test]
+fn backups_round_trip_through_azurite() {
+    let azurite = steward_testbed::azurite::AzuriteServer::start().unwrap();
+    azurite.create_container("backups").unwrap();
+    round_trip_through("az://backups/ds-1", &azurite.options());
 }
 
 /// The chains in a bucket: (epoch, node) of each, oldest first, from the object names.
@@ -291,4 +298,125 @@ fn a_rotated_key_seals_new_objects_while_old_ones_stay_readable() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success());
     assert!(err.contains("not in the key ring"), "{err}");
+}
+
+/// Retention end to end (Startup plan: one day of history). Chains from earlier days are put
+/// into the bucket beside the agent's own, sealed with its key under names that carry their
+/// old start and upload times — which is all retention reads, so no clock is faked. After
+/// `backup now` the agent's prune has deleted the chain whose window ended days ago and the
+/// orphan (no base), kept the chain that still reaches into the last day, and kept its own
+/// chains; everything left verifies and the newest chain restores.
+#[test]
+fn retention_prunes_expired_chains_and_keeps_the_newest_restorable_one() {
+    use redis_steward::backup_catalog::{ChainId, ObjectName};
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let started = now_ms();
+    let agent = agent_with_backups(&bucket, &key);
+    wait_snapshot(&agent, started);
+    assert_eq!(agent.cmd(&["SET", "kept", "1"]), "OK");
+    wait_wal(&agent);
+    let (epoch, _) = chains(&bucket)[0].clone();
+
+    // A real RDB as the old chains' base, so `backup verify` can open every object.
+    let aof = agent.data_dir().join("appendonlydir");
+    let manifest = std::fs::read_to_string(aof.join("appendonly.aof.manifest")).unwrap();
+    let base_name = manifest
+        .lines()
+        .find(|l| l.ends_with("type b"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let rdb = std::fs::read(aof.join(base_name)).unwrap();
+    let keys = redis_steward::backup_keys::KeyRing::load(&key, &[]).unwrap();
+    let put = |name: ObjectName, data: &[u8]| {
+        let path = name.path();
+        let sealed = redis_steward::backup_format::seal_all(&path, &keys, 1, data).unwrap();
+        let file = bucket.join(&path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, sealed).unwrap();
+    };
+    const HOUR: u64 = 3_600_000;
+    let now = now_ms();
+    let chain = |start: u64| ChainId::new(start, epoch, "node-1").unwrap();
+    // Expired: its window ended five days ago.
+    let expired = chain(now - 120 * HOUR);
+    put(
+        ObjectName::Base {
+            chain: expired.clone(),
+            seq: 1,
+        },
+        &rdb,
+    );
+    put(
+        ObjectName::End {
+            chain: expired.clone(),
+            unix_ms: now - 119 * HOUR,
+        },
+        b"end of chain",
+    );
+    // An orphan: an end marker without a base (a prune that was cut short).
+    let orphan = chain(now - 72 * HOUR);
+    put(
+        ObjectName::End {
+            chain: orphan.clone(),
+            unix_ms: now - 71 * HOUR,
+        },
+        b"end of chain",
+    );
+    // Still inside the last day: its window ended twelve hours ago.
+    let recent = chain(now - 20 * HOUR);
+    put(
+        ObjectName::Base {
+            chain: recent.clone(),
+            seq: 1,
+        },
+        &rdb,
+    );
+    put(
+        ObjectName::End {
+            chain: recent.clone(),
+            unix_ms: now - 12 * HOUR,
+        },
+        b"end of chain",
+    );
+    let before = chains(&bucket).len();
+    assert_eq!(before, 4, "{:?}", chains(&bucket));
+
+    assert_success(&cli(&agent, &["backup", "now"]));
+    // The chains that still have objects (the local folder keeps emptied directories).
+    let live = || -> std::collections::BTreeSet<String> {
+        objects(&bucket)
+            .iter()
+            .filter_map(|p| {
+                let rel = p.strip_prefix(bucket.join("backup")).ok()?;
+                Some(rel.iter().next()?.to_string_lossy().to_string())
+            })
+            .collect()
+    };
+    let pruned = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        let l = live();
+        (!l.contains(&expired.to_string()) && !l.contains(&orphan.to_string())).then_some(())
+    });
+    assert!(
+        pruned.is_some(),
+        "not pruned: {:?}\n{}",
+        objects(&bucket),
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("pruned by retention objects=3"),
+        "{}",
+        agent.log()
+    );
+    // The recent chain, the agent's first chain and the new one are all still there.
+    assert!(bucket.join(recent.dir()).join("base-000001.rsb").exists());
+    assert!(live().contains(&recent.to_string()));
+    assert_eq!(live().len(), 3, "{:?}", objects(&bucket));
+    assert_success(&cli(&agent, &["backup", "verify"]));
+    let restored = restore_newest(&bucket, &key, &tmp.path().join("restore"));
+    assert_eq!(restored.cmd(&["GET", "kept"]), "1");
+    drop(restored);
+    agent.stop().unwrap();
 }

@@ -1,7 +1,9 @@
-//! The object-store contract against a real S3-compatible server (moto), including racing
-//! create-only puts: the primitive the 2-node lease is built on.
+//! The object-store contract against real servers: an S3-compatible one (moto) and the Azure
+//! Blob Storage emulator (Azurite), including racing create-only puts: the primitive the
+//! 2-node lease is built on.
 
 use redis_steward::store::{contract, Store};
+use steward_testbed::azurite::AzuriteServer;
 use steward_testbed::s3::MotoServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,5 +38,21 @@ async fn the_failover_lease_works_on_s3() {
     let moto = MotoServer::start().unwrap();
     moto.create_bucket("steward").unwrap();
     let store = Store::open("s3://steward/ds-lease", &moto.options()).unwrap();
+    redis_steward::ha::lease_contract::check(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_keeps_the_store_contract() {
+    let azurite = AzuriteServer::start().unwrap();
+    azurite.create_container("steward").unwrap();
+    let store = Store::open("az://steward/ds-1", &azurite.options()).unwrap();
+    contract::check(&store, "contract").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_lease_works_on_azurite() {
+    let azurite = AzuriteServer::start().unwrap();
+    azurite.create_container("steward").unwrap();
+    let store = Store::open("az://steward/ds-lease", &azurite.options()).unwrap();
     redis_steward::ha::lease_contract::check(&store).await;
 }
