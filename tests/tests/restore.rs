@@ -253,7 +253,8 @@ fn point_in_time_restores_and_every_refusal() {
     // a second before the gap restores.
     let (gapped, gapped_cfg) = bucket_config("gapped");
     let segs = newest_segments(&gapped);
-    std::fs::remove_file(&segs[segs.len() / 2]).unwrap();
+    // Late in the chain, so that the window before the gap holds a whole second (≥ 2 s).
+    std::fs::remove_file(&segs[segs.len() * 3 / 4]).unwrap();
     let target = tmp.path().join("gapped-target");
     let out = restore_cli(&gapped_cfg, &["--target", target.to_str().unwrap()]);
     assert!(!out.status.success());
