@@ -89,27 +89,27 @@ impl Cluster {
             std::fs::write(&key_path, key)?;
             std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
         }
-        if promote_hook {
-            let script = cluster.shared.path().join("hook.sh");
-            std::fs::write(
-                &script,
-                format!(
-                    "#!/bin/sh\necho \"$REDIS_STEWARD_NODE $REDIS_STEWARD_EPOCH $REDIS_STEWARD_ADDRESS\" >> {}\n",
-                    cluster.hook_log().display()
-                ),
-            )?;
+        // Hook scripts append what they were told to a log in the shared folder.
+        let logging_script = |name: &str, fields: &str, log: PathBuf| -> Result<()> {
+            let script = cluster.shared.path().join(name);
+            let body = format!("#!/bin/sh\necho \"{fields}\" >> {}\n", log.display());
+            std::fs::write(&script, body)?;
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+            Ok(())
+        };
+        if promote_hook {
+            logging_script(
+                "hook.sh",
+                "$REDIS_STEWARD_NODE $REDIS_STEWARD_EPOCH $REDIS_STEWARD_ADDRESS",
+                cluster.hook_log(),
+            )?;
         }
         if opts.node_lost_hook {
-            let script = cluster.shared.path().join("node-lost.sh");
-            std::fs::write(
-                &script,
-                format!(
-                    "#!/bin/sh\necho \"$1 $REDIS_STEWARD_SLOT $REDIS_STEWARD_LAST_ADDRESS $REDIS_STEWARD_PLAN $REDIS_STEWARD_ATTEMPT\" >> {}\n",
-                    cluster.node_lost_log().display()
-                ),
+            logging_script(
+                "node-lost.sh",
+                "$1 $REDIS_STEWARD_SLOT $REDIS_STEWARD_LAST_ADDRESS $REDIS_STEWARD_PLAN $REDIS_STEWARD_ATTEMPT",
+                cluster.node_lost_log(),
             )?;
-            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
         }
         for i in 0..n {
             let agent = cluster.prepare_node(i)?;

@@ -136,14 +136,7 @@ impl Agent {
         let dir = tempfile::Builder::new().prefix("rs-test-").tempdir()?;
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, spec.render(dir.path()))?;
-        Ok(Agent {
-            spec,
-            dir,
-            config_path,
-            child: Mutex::new(None),
-            wrapper: Vec::new(),
-            netns: None,
-        })
+        Ok(Agent::from_config(spec, dir, config_path))
     }
 
     /// An agent whose config someone else wrote at `config_path` (e.g.
