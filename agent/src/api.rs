@@ -58,7 +58,9 @@ impl ApiState {
         );
         status::add_backup(
             &mut s,
-            self.backup.as_ref().map(|(b, _)| b.borrow().clone()),
+            self.backup
+                .as_ref()
+                .map(|(b, _)| b.borrow().clone().as_of(crate::backup::now_ms())),
         );
         s
     }
@@ -168,7 +170,8 @@ async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         s.metrics.observe_ha(&h.borrow());
     }
     if let Some((b, _)) = &s.backup {
-        s.metrics.observe_backup(&b.borrow());
+        s.metrics
+            .observe_backup(&b.borrow().clone().as_of(crate::backup::now_ms()));
     }
     if let Some(c) = &s.hook_counters {
         s.metrics.observe_hook(c);

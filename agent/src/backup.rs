@@ -54,6 +54,16 @@ pub struct BackupSettings {
     pub history: Option<Duration>,
 }
 
+impl BackupStatus {
+    /// The status as of `now_ms`: `lag_seconds` counted from `lag_since_unix_ms`.
+    pub fn as_of(mut self, now_ms: u64) -> BackupStatus {
+        if let Some(since) = self.lag_since_unix_ms {
+            self.lag_seconds = now_ms.saturating_sub(since) / 1000;
+        }
+        self
+    }
+}
+
 /// What the shipper reports (status, metrics).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BackupStatus {
@@ -65,6 +75,10 @@ pub struct BackupStatus {
     /// WAL bytes written but not uploaded yet, and for how long some have waited.
     pub lag_bytes: u64,
     pub lag_seconds: u64,
+    /// Since when (wall clock) WAL has been waiting: readers count `lag_seconds` on from it
+    /// with [`BackupStatus::as_of`], so a long upload does not freeze it.
+    #[serde(default)]
+    pub lag_since_unix_ms: Option<u64>,
     /// The un-uploaded WAL passed the spool limit.
     pub spool_full: bool,
     pub last_error: Option<String>,
@@ -131,11 +145,12 @@ struct Shipper {
     last_snapshot_ms: Option<u64>,
     failures: u32,
     retry_at: Option<Instant>,
-    lag_since: Option<Instant>,
+    /// Wall clock (ms) since which some WAL has been waiting.
+    lag_since: Option<u64>,
     spool_warned_at: Option<Instant>,
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -207,6 +222,7 @@ impl Shipper {
                 info!("not the writable primary any more: backups stop here (the new primary starts its own chain)");
             }
             self.reset_chain();
+            self.lag_since = None;
             for r in self.snapshot_requested.drain(..) {
                 let _ = r.send(Err("this node stopped being the primary".into()));
             }
@@ -215,6 +231,7 @@ impl Shipper {
                 st.chain = None;
                 st.lag_bytes = 0;
                 st.lag_seconds = 0;
+                st.lag_since_unix_ms = None;
             });
             return;
         };
@@ -281,7 +298,7 @@ impl Shipper {
         let lag = backup_plan::lag_bytes(self.cursor.as_ref(), obs);
         match (lag, self.lag_since) {
             (0, _) => self.lag_since = None,
-            (_, None) => self.lag_since = Some(Instant::now()),
+            (_, None) => self.lag_since = Some(now_ms()),
             _ => {}
         }
         let full = lag > self.s.spool_limit_bytes;
@@ -300,7 +317,9 @@ impl Shipper {
             );
             self.spool_warned_at = Some(Instant::now());
         }
-        let lag_seconds = self.lag_since.map_or(0, |t| t.elapsed().as_secs());
+        let lag_seconds = self
+            .lag_since
+            .map_or(0, |t| now_ms().saturating_sub(t) / 1000);
         let (chain, failing) = (
             self.chain.as_ref().map(|c| c.to_string()),
             self.failures > 0,
@@ -316,6 +335,7 @@ impl Shipper {
             st.wal_offset = offset;
             st.lag_bytes = lag;
             st.lag_seconds = lag_seconds;
+            st.lag_since_unix_ms = self.lag_since;
             st.spool_full = full;
             st.chain = chain;
             st.last_snapshot_unix_ms = self.last_snapshot_ms;
@@ -595,6 +615,21 @@ impl Shipper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_seconds_count_on_between_reports() {
+        let st = BackupStatus {
+            lag_bytes: 90 << 20,
+            lag_seconds: 1,
+            lag_since_unix_ms: Some(1_000_000),
+            ..BackupStatus::default()
+        };
+        // A long upload: nothing reported for 42 s, yet readers see the lag grow.
+        assert_eq!(st.clone().as_of(1_042_500).lag_seconds, 42);
+        // No lag: nothing to count.
+        let idle = BackupStatus::default();
+        assert_eq!(idle.as_of(5_000_000).lag_seconds, 0);
+    }
 
     const DAY: u64 = 86_400_000;
 

@@ -397,7 +397,7 @@ pub async fn restore(
         }
     };
     // Into place: move the old data aside first (with --force), then one rename.
-    let stamp = format_utc(now_ms()).replace(':', "");
+    let stamp = format_utc(crate::backup::now_ms()).replace(':', "");
     for name in DATA_NAMES {
         let p = data_dir.join(name);
         if p.exists() {
@@ -413,12 +413,6 @@ pub async fn restore(
     fsync_dir(data_dir)?;
     restored.elapsed = started.elapsed();
     Ok(restored)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Work directories of restores that died (this process holds the lock, so none is live).
