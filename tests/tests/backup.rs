@@ -339,48 +339,35 @@ fn retention_prunes_expired_chains_and_keeps_the_newest_restorable_one() {
     };
     const HOUR: u64 = 3_600_000;
     let now = now_ms();
-    let chain = |start: u64| ChainId::new(start, epoch, "node-1").unwrap();
+    // A chain started `start_h` hours ago and ended `end_h` hours ago, with or without a base.
+    let old_chain = |start_h: u64, end_h: u64, base: bool| {
+        let chain = ChainId::new(now - start_h * HOUR, epoch, "node-1").unwrap();
+        if base {
+            let seq = 1;
+            put(
+                ObjectName::Base {
+                    chain: chain.clone(),
+                    seq,
+                },
+                &rdb,
+            );
+        }
+        let unix_ms = now - end_h * HOUR;
+        put(
+            ObjectName::End {
+                chain: chain.clone(),
+                unix_ms,
+            },
+            b"end of chain",
+        );
+        chain
+    };
     // Expired: its window ended five days ago.
-    let expired = chain(now - 120 * HOUR);
-    put(
-        ObjectName::Base {
-            chain: expired.clone(),
-            seq: 1,
-        },
-        &rdb,
-    );
-    put(
-        ObjectName::End {
-            chain: expired.clone(),
-            unix_ms: now - 119 * HOUR,
-        },
-        b"end of chain",
-    );
+    let expired = old_chain(120, 119, true);
     // An orphan: an end marker without a base (a prune that was cut short).
-    let orphan = chain(now - 72 * HOUR);
-    put(
-        ObjectName::End {
-            chain: orphan.clone(),
-            unix_ms: now - 71 * HOUR,
-        },
-        b"end of chain",
-    );
+    let orphan = old_chain(72, 71, false);
     // Still inside the last day: its window ended twelve hours ago.
-    let recent = chain(now - 20 * HOUR);
-    put(
-        ObjectName::Base {
-            chain: recent.clone(),
-            seq: 1,
-        },
-        &rdb,
-    );
-    put(
-        ObjectName::End {
-            chain: recent.clone(),
-            unix_ms: now - 12 * HOUR,
-        },
-        b"end of chain",
-    );
+    let recent = old_chain(20, 12, true);
     let before = chains(&bucket).len();
     assert_eq!(before, 4, "{:?}", chains(&bucket));
 
