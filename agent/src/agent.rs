@@ -114,14 +114,15 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         (Some(c), Some(key)) => Some(start_gossip(&cfg, c, key).await?),
         _ => None,
     };
+    // Opened once: the bootstrap reads the backups, the shipper later writes them.
+    let backups = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
+        Some(b) => Some((b, crate::restore::open_backups(b)?)),
+        None => None,
+    };
     {
-        let backups = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
-            Some(b) => Some(crate::restore::open_backups(b)?),
-            None => None,
-        };
         let source = backups
             .as_ref()
-            .map(|(store, keys)| crate::bootstrap::BackupSource { store, keys });
+            .map(|(_, (store, keys))| crate::bootstrap::BackupSource { store, keys });
         let prepared = crate::bootstrap::prepare(
             &layout.data_dir,
             &layout.state_dir,
@@ -257,10 +258,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         _ => None,
     };
 
-    let backup = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
-        Some(b) => Some(start_backup(&cfg, b, &layout, &secrets, ha.as_ref())?),
-        None => None,
-    };
+    let backup =
+        backups.map(|(b, opened)| start_backup(&cfg, b, opened, &layout, &secrets, ha.as_ref()));
 
     let api_state = Arc::new(ApiState {
         static_info: StaticInfo {
@@ -345,14 +344,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 fn start_backup(
     cfg: &Config,
     b: &crate::config::BackupConfig,
+    (store, keys): (crate::store::Store, crate::backup_keys::KeyRing),
     layout: &Layout,
     secrets: &secrets::AgentSecrets,
     ha: Option<&crate::ha::HaHandle>,
-) -> Result<(
+) -> (
     crate::backup::BackupHandle,
     tokio::sync::mpsc::Sender<crate::backup::BackupCommand>,
-)> {
-    let (store, keys) = crate::restore::open_backups(b)?;
+) {
     // Who may upload: the writable primary of the current epoch (one node: always).
     let (role_tx, role_rx) = watch::channel(if ha.is_some() { None } else { Some(1) });
     if let Some(ha) = ha {
@@ -370,7 +369,7 @@ fn start_backup(
             }
         });
     }
-    Ok(crate::backup::spawn(
+    crate::backup::spawn(
         crate::backup::BackupSettings {
             store,
             keys: Arc::new(keys),
@@ -387,7 +386,7 @@ fn start_backup(
             history: crate::retention::history_for(cfg.plan),
         },
         role_rx,
-    ))
+    )
 }
 
 /// Keep the Sentinel port's view in step with the election (HA) or redis's health (one
