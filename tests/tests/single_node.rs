@@ -1,7 +1,7 @@
 //! One node, end to end: the real agent binary owning Debian's redis-server 7.0, reached with
 //! the real redis-cli over TLS.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -86,12 +86,37 @@ fn customers_reach_redis_over_tls_only_with_everyday_commands() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // redis-cli prints the message after PUBLISH has already answered: read its output on a
+    // thread and wait (bounded) for the message instead of racing a kill against the print.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = sub.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let delivered = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
         (a.cmd(&["PUBLISH", "news", "hi"]) == "1").then_some(())
     });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.iter().any(|l| l == "hi") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
     let _ = sub.kill();
-    let out = String::from_utf8(sub.wait_with_output().unwrap().stdout).unwrap();
-    assert!(delivered.is_some() && out.contains("hi"), "{out}");
+    let _ = sub.wait();
+    let _ = reader.join();
+    assert!(
+        delivered.is_some() && seen.iter().any(|l| l == "hi"),
+        "{seen:?}"
+    );
 
     assert_eq!(a.cmd(&["FLUSHDB"]), "OK");
     assert_eq!(a.cmd(&["DBSIZE"]), "0");
