@@ -34,6 +34,7 @@
 //!   object name in every chunk's associated data, and a layout written down in our own doc.
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
@@ -515,7 +516,7 @@ impl Sealer {
     }
 }
 
-/// What the opener expects next.
+/// What the unsealer expects next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Header,
@@ -527,25 +528,21 @@ enum Phase {
     },
     /// The final chunk was opened; nothing may follow.
     Done,
+    /// The consumer stopped the unsealing (its stage failed); input is ignored.
+    Stopped,
 }
 
 /// Opens one object. Push its bytes in pieces of any size, in order; each call returns the
 /// plaintext of the chunks completed by it. [`Opener::finish`] must succeed before any of the
 /// plaintext is trusted as the whole object: only it can tell a complete object from a
 /// truncated one.
+///
+/// An opener is the two stages, [`Unsealer`] then [`Inflater`], run one after the other on
+/// the caller's thread; a restore runs them on two threads instead (decryption overlaps
+/// decompression and the writes).
 pub struct Opener {
-    object: String,
-    keys: KeyRing,
-    phase: Phase,
-    /// The unit being collected: the header, a frame word, or a chunk body and tag.
-    buf: Vec<u8>,
-    cipher: Option<ChunkCipher>,
-    decoder: Option<Decoder<'static>>,
-    /// Where zstd writes plaintext before it is handed out: [`OPEN_PIECE`] bytes.
-    scratch: Vec<u8>,
-    /// The zstd frame ended (and must not continue).
-    frame_done: bool,
-    stats: OpenStats,
+    unsealer: Unsealer,
+    inflater: Inflater,
     failed: Option<FormatError>,
 }
 
@@ -554,21 +551,8 @@ impl Opener {
     /// under), with any key of `keys`.
     pub fn new(object_name: &str, keys: &KeyRing) -> Opener {
         Opener {
-            object: object_name.to_string(),
-            keys: keys.clone(),
-            phase: Phase::Header,
-            buf: Vec::with_capacity(HEADER_LEN),
-            cipher: None,
-            decoder: None,
-            scratch: Vec::new(),
-            frame_done: false,
-            stats: OpenStats {
-                key_id: KeyId(0),
-                plaintext_len: 0,
-                compressed_len: 0,
-                sealed_len: 0,
-                chunks: 0,
-            },
+            unsealer: Unsealer::new(object_name, keys),
+            inflater: Inflater::new(object_name),
             failed: None,
         }
     }
@@ -595,7 +579,17 @@ impl Opener {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let result = self.push_inner(ciphertext, &mut each);
+        let inflater = &mut self.inflater;
+        let mut inflated = Ok(());
+        let unsealed = self.unsealer.push_each(ciphertext, |chunk| {
+            inflated = inflater.inflate(&chunk, &mut each);
+            match inflated {
+                // The chunk's buffer goes back to the unsealer for the next chunk.
+                Ok(()) => ControlFlow::Continue(Some(chunk.data)),
+                Err(_) => ControlFlow::Break(()),
+            }
+        });
+        let result = unsealed.and(inflated);
         if let Err(e) = &result {
             self.failed = Some(e.clone());
         }
@@ -607,8 +601,125 @@ impl Opener {
         if let Some(e) = self.failed {
             return Err(e);
         }
+        let unsealed = self.unsealer.finish()?;
+        let inflated = self.inflater.finish()?;
+        Ok(OpenStats {
+            key_id: unsealed.key_id,
+            plaintext_len: inflated.plaintext_len,
+            compressed_len: inflated.compressed_len,
+            sealed_len: unsealed.sealed_len,
+            chunks: unsealed.chunks,
+        })
+    }
+
+    /// Bytes held back, waiting to complete the header, a frame word or a chunk: at most one
+    /// chunk with its frame word and tag. (Besides, plaintext passes through one buffer of
+    /// [`OPEN_PIECE`] bytes.)
+    pub fn buffered(&self) -> usize {
+        self.unsealer.buffered()
+    }
+
+    /// The header, once it has arrived (not authenticated until the first chunk opened).
+    pub fn header(&self) -> Option<Header> {
+        self.unsealer.header()
+    }
+}
+
+/// One authenticated chunk on its way from the [`Unsealer`] to the [`Inflater`]: its
+/// compressed bytes and, for the final chunk, the trailer.
+#[derive(Debug)]
+pub struct OpenedChunk {
+    index: u64,
+    data: Vec<u8>,
+    trailer: Option<[u8; TRAILER_LEN]>,
+}
+
+impl OpenedChunk {
+    /// The chunk's buffer, to hand back to the unsealer once inflated.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+/// What the unsealing stage saw, from [`Unsealer::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsealStats {
+    pub key_id: KeyId,
+    pub sealed_len: u64,
+    pub chunks: u64,
+}
+
+/// What the inflating stage produced, from [`Inflater::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InflateStats {
+    pub plaintext_len: u64,
+    pub compressed_len: u64,
+}
+
+/// The first stage of opening: header, frame words and AES-GCM. Hands out each chunk's
+/// compressed bytes once its tag verified (see [`Unsealer::push_each`]); nothing is
+/// decompressed here.
+pub struct Unsealer {
+    object: String,
+    keys: KeyRing,
+    phase: Phase,
+    /// The unit being collected: the header, a frame word, or a chunk body and tag.
+    buf: Vec<u8>,
+    /// A buffer handed back by the consumer, reused for the next chunk body.
+    spare: Option<Vec<u8>>,
+    cipher: Option<ChunkCipher>,
+    stats: UnsealStats,
+    failed: Option<FormatError>,
+}
+
+impl Unsealer {
+    pub fn new(object_name: &str, keys: &KeyRing) -> Unsealer {
+        Unsealer {
+            object: object_name.to_string(),
+            keys: keys.clone(),
+            phase: Phase::Header,
+            buf: Vec::with_capacity(HEADER_LEN),
+            spare: None,
+            cipher: None,
+            stats: UnsealStats {
+                key_id: KeyId(0),
+                sealed_len: 0,
+                chunks: 0,
+            },
+            failed: None,
+        }
+    }
+
+    /// Take the next bytes of the object and hand every chunk they complete, authenticated, to
+    /// `each`, in order. `each` may give a spent chunk buffer back (`Continue(Some(buffer))`)
+    /// to spare an allocation, or stop the unsealing (`Break`, e.g. when the next stage
+    /// failed): the rest of `ciphertext` is then ignored and later calls do nothing more. After
+    /// an error every call returns that error.
+    pub fn push_each(
+        &mut self,
+        ciphertext: &[u8],
+        mut each: impl FnMut(OpenedChunk) -> ControlFlow<(), Option<Vec<u8>>>,
+    ) -> Result<(), FormatError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.push_inner(ciphertext, &mut each);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    /// The object ended: succeeds only if the final chunk arrived and nothing followed it.
+    pub fn finish(self) -> Result<UnsealStats, FormatError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let at = match self.phase {
             Phase::Done => return Ok(self.stats),
+            Phase::Stopped => Truncation::AfterChunk {
+                last: self.stats.chunks.saturating_sub(1),
+            },
             Phase::Header if self.buf.is_empty() => Truncation::Empty,
             Phase::Header => Truncation::InHeader {
                 have: self.buf.len(),
@@ -634,9 +745,7 @@ impl Opener {
         })
     }
 
-    /// Bytes held back, waiting to complete the header, a frame word or a chunk: at most one
-    /// chunk with its frame word and tag. (Besides, plaintext passes through one buffer of
-    /// [`OPEN_PIECE`] bytes.)
+    /// Bytes held back: at most one chunk with its frame word and tag.
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
@@ -649,13 +758,14 @@ impl Opener {
     fn push_inner(
         &mut self,
         mut input: &[u8],
-        out: &mut dyn FnMut(&[u8]),
+        each: &mut dyn FnMut(OpenedChunk) -> ControlFlow<(), Option<Vec<u8>>>,
     ) -> Result<(), FormatError> {
         while !input.is_empty() {
             let need = match self.phase {
                 Phase::Header => HEADER_LEN,
                 Phase::FrameWord => FRAME_WORD_LEN,
                 Phase::Body { len, .. } => len + TAG_LEN,
+                Phase::Stopped => return Ok(()),
                 Phase::Done => {
                     return Err(FormatError::TrailingData {
                         object: self.object.clone(),
@@ -672,7 +782,7 @@ impl Opener {
                 check_magic(&self.object, &self.buf)?;
             }
             if self.buf.len() == need {
-                self.advance(out)?;
+                self.advance(each)?;
                 self.buf.clear();
             }
         }
@@ -680,18 +790,27 @@ impl Opener {
     }
 
     /// A whole unit is in `buf`: act on it.
-    fn advance(&mut self, out: &mut dyn FnMut(&[u8])) -> Result<(), FormatError> {
+    fn advance(
+        &mut self,
+        each: &mut dyn FnMut(OpenedChunk) -> ControlFlow<(), Option<Vec<u8>>>,
+    ) -> Result<(), FormatError> {
         match self.phase {
             Phase::Header => self.open_header(),
             Phase::FrameWord => {
                 let word = u32::from_be_bytes(array(&self.buf));
                 let len = self.check_frame(word)?;
+                if let Some(spare) = self.spare.take() {
+                    self.buf = spare;
+                }
+                self.buf.clear();
                 self.buf.reserve_exact(len + TAG_LEN);
                 self.phase = Phase::Body { word, len };
                 Ok(())
             }
-            Phase::Body { word, len } => self.open_chunk(word, len, out),
-            Phase::Done => unreachable!("no unit is collected after the final chunk"),
+            Phase::Body { word, len } => self.open_chunk(word, len, each),
+            Phase::Done | Phase::Stopped => {
+                unreachable!("no unit is collected after the final chunk or a stop")
+            }
         }
     }
 
@@ -706,12 +825,6 @@ impl Opener {
                 have: self.keys.describe_ids(),
             })?;
         self.cipher = Some(ChunkCipher::new(key, &header, &self.object));
-        self.decoder = Some(Decoder::new().map_err(|e| FormatError::Decompression {
-            object: self.object.clone(),
-            chunk: 0,
-            detail: e.to_string(),
-        })?);
-        self.scratch = Vec::with_capacity(OPEN_PIECE);
         self.stats.key_id = header.key_id;
         self.phase = Phase::FrameWord;
         Ok(())
@@ -746,7 +859,7 @@ impl Opener {
         &mut self,
         word: u32,
         len: usize,
-        out: &mut dyn FnMut(&[u8]),
+        each: &mut dyn FnMut(OpenedChunk) -> ControlFlow<(), Option<Vec<u8>>>,
     ) -> Result<(), FormatError> {
         let chunk = self.stats.chunks;
         let index = u32::try_from(chunk).map_err(|_| FormatError::TooManyChunks {
@@ -762,34 +875,137 @@ impl Opener {
         }
         let is_final = word & FINAL_FLAG != 0;
         let data_len = if is_final { len - TRAILER_LEN } else { len };
-        let decoder = self.decoder.as_mut().expect("header read");
+        let trailer = is_final.then(|| array(&self.buf[data_len..len]));
+        let mut data = std::mem::take(&mut self.buf);
+        data.truncate(data_len);
+        self.stats.chunks += 1;
+        self.phase = if is_final {
+            Phase::Done
+        } else {
+            Phase::FrameWord
+        };
+        let opened = OpenedChunk {
+            index: chunk,
+            data,
+            trailer,
+        };
+        match each(opened) {
+            ControlFlow::Continue(spare) => self.spare = spare,
+            ControlFlow::Break(()) => self.phase = Phase::Stopped,
+        }
+        Ok(())
+    }
+}
+
+/// The second stage of opening: zstd, and the final chunk's recorded lengths checked against
+/// what was decompressed. Takes the chunks an [`Unsealer`] handed out, in order.
+pub struct Inflater {
+    object: String,
+    decoder: Option<Decoder<'static>>,
+    /// Where zstd writes plaintext before it is handed out: [`OPEN_PIECE`] bytes.
+    scratch: Vec<u8>,
+    /// The zstd frame ended (and must not continue).
+    frame_done: bool,
+    /// The final chunk was inflated.
+    done: bool,
+    chunks: u64,
+    stats: InflateStats,
+    failed: Option<FormatError>,
+}
+
+impl Inflater {
+    pub fn new(object_name: &str) -> Inflater {
+        Inflater {
+            object: object_name.to_string(),
+            decoder: None,
+            scratch: Vec::new(),
+            frame_done: false,
+            done: false,
+            chunks: 0,
+            stats: InflateStats {
+                plaintext_len: 0,
+                compressed_len: 0,
+            },
+            failed: None,
+        }
+    }
+
+    /// Decompress the next chunk, handing its plaintext to `out` in pieces of at most
+    /// [`OPEN_PIECE`] bytes. After an error every call returns that error.
+    pub fn inflate(
+        &mut self,
+        chunk: &OpenedChunk,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FormatError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self.inflate_inner(chunk, out);
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    /// The object ended: succeeds only if the final chunk was inflated.
+    pub fn finish(self) -> Result<InflateStats, FormatError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if !self.done {
+            return Err(FormatError::Truncated {
+                object: self.object,
+                at: match self.chunks {
+                    0 => Truncation::NoChunks,
+                    n => Truncation::AfterChunk { last: n - 1 },
+                },
+            });
+        }
+        Ok(self.stats)
+    }
+
+    fn inflate_inner(
+        &mut self,
+        chunk: &OpenedChunk,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FormatError> {
+        let index = chunk.index;
+        // An unsealer hands chunks out in order and stops at the final one: anything else is
+        // a caller mixing up objects.
+        assert!(
+            index == self.chunks && !self.done,
+            "chunk {index} of {} inflated out of order",
+            self.object
+        );
+        let decompression = |detail: String| FormatError::Decompression {
+            object: self.object.clone(),
+            chunk: index,
+            detail,
+        };
+        if self.decoder.is_none() {
+            self.decoder = Some(Decoder::new().map_err(|e| decompression(e.to_string()))?);
+            self.scratch = Vec::with_capacity(OPEN_PIECE);
+        }
+        let decoder = self.decoder.as_mut().expect("made above");
         let produced = decompress(
             decoder,
             &mut self.frame_done,
-            &body[..data_len],
+            &chunk.data,
             &mut self.scratch,
             out,
         )
-        .map_err(|detail| FormatError::Decompression {
-            object: self.object.clone(),
-            chunk,
-            detail,
-        })?;
+        .map_err(decompression)?;
         self.stats.plaintext_len += produced;
-        self.stats.compressed_len += data_len as u64;
-        self.stats.chunks += 1;
-        if !is_final {
-            self.phase = Phase::FrameWord;
+        self.stats.compressed_len += chunk.data.len() as u64;
+        self.chunks += 1;
+        let Some(trailer) = &chunk.trailer else {
             return Ok(());
-        }
+        };
         if !self.frame_done {
-            return Err(FormatError::Decompression {
-                object: self.object.clone(),
-                chunk,
-                detail: "the zstd frame is incomplete at the final chunk".into(),
-            });
+            return Err(decompression(
+                "the zstd frame is incomplete at the final chunk".into(),
+            ));
         }
-        let trailer = &body[data_len..len];
         for (what, recorded, actual) in [
             (
                 "plaintext",
@@ -811,7 +1027,7 @@ impl Opener {
                 });
             }
         }
-        self.phase = Phase::Done;
+        self.done = true;
         Ok(())
     }
 }
@@ -1655,7 +1871,9 @@ mod tests {
                 for s in sealed.chunks(700_001) {
                     opener.push_each(s, &mut check).unwrap();
                     max_opener = max_opener.max(opener.buffered());
-                    assert!(opener.buf.capacity() <= DEFAULT_CHUNK_SIZE + 64);
+                    let u = &opener.unsealer;
+                    let spare = u.spare.as_ref().map_or(0, Vec::capacity);
+                    assert!(u.buf.capacity() + spare <= DEFAULT_CHUNK_SIZE + 64);
                 }
             }
             max_sealer = max_sealer.max(sealer.buffered());
@@ -1666,7 +1884,7 @@ mod tests {
         for sealed in rest {
             opener.push_each(&sealed, &mut check).unwrap();
         }
-        assert!(opener.scratch.capacity() <= OPEN_PIECE);
+        assert!(opener.inflater.scratch.capacity() <= OPEN_PIECE);
         assert_eq!(opener.finish().unwrap(), stats);
         assert_eq!(stats.plaintext_len, total as u64);
         assert_eq!((part, offset), (script.len(), 0), "all plaintext came back");
@@ -1736,24 +1954,7 @@ mod tests {
 
     /// Seal chunks by hand, so authentic but inconsistent contents can be built.
     fn hand_sealed(chunks: &[(&[u8], bool)]) -> Vec<u8> {
-        let keys = ring();
-        let (key_id, key) = keys.current();
-        let header = Header {
-            key_id,
-            chunk_size: MIN_CHUNK_SIZE as u32,
-            salt: [7u8; SALT_LEN],
-        };
-        let mut cipher = ChunkCipher::new(key, &header, NAME);
-        let mut out = header.to_bytes().to_vec();
-        for (index, (body, is_final)) in chunks.iter().enumerate() {
-            let word = frame_word(*is_final, body.len());
-            let mut buf = body.to_vec();
-            let tag = cipher.seal(index as u32, word, &mut buf);
-            out.extend_from_slice(&word.to_be_bytes());
-            out.extend_from_slice(&buf);
-            out.extend_from_slice(&tag);
-        }
-        out
+        testing::hand_sealed(NAME, &ring(), chunks)
     }
 
     fn trailer(plain: u64, compressed: u64) -> Vec<u8> {
@@ -1807,5 +2008,33 @@ mod tests {
                 ..
             })
         ));
+    }
+}
+
+/// Objects no sealer writes, for the tests of this module and of the restore.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Seal `chunks` (compressed bytes, is final) by hand with the ring's current key and
+    /// chunk size [`MIN_CHUNK_SIZE`]: authentic, whatever the bytes say.
+    pub(crate) fn hand_sealed(name: &str, keys: &KeyRing, chunks: &[(&[u8], bool)]) -> Vec<u8> {
+        let (key_id, key) = keys.current();
+        let header = Header {
+            key_id,
+            chunk_size: MIN_CHUNK_SIZE as u32,
+            salt: [7u8; SALT_LEN],
+        };
+        let mut cipher = ChunkCipher::new(key, &header, name);
+        let mut out = header.to_bytes().to_vec();
+        for (index, (body, is_final)) in chunks.iter().enumerate() {
+            let word = frame_word(*is_final, body.len());
+            let mut buf = body.to_vec();
+            let tag = cipher.seal(index as u32, word, &mut buf);
+            out.extend_from_slice(&word.to_be_bytes());
+            out.extend_from_slice(&buf);
+            out.extend_from_slice(&tag);
+        }
+        out
     }
 }

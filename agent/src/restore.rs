@@ -9,7 +9,7 @@
 use crate::backup_catalog::{
     format_utc, human_bytes, parse_utc, Catalog, ListedObject, RestorePlan, BACKUP_PREFIX,
 };
-use crate::backup_format::Opener;
+use crate::backup_format::{Inflater, OpenedChunk, Unsealer};
 use crate::backup_keys::KeyRing;
 use crate::store::{Store, StoreError};
 use anyhow::{bail, Context, Result};
@@ -48,7 +48,8 @@ pub async fn catalog(store: &Store) -> Result<Catalog> {
 }
 
 /// Stream object `path`, authenticated and decrypted, into `sink` (if any). Returns the
-/// plaintext length. Memory stays at a few chunks whatever the object's size: plaintext is
+/// plaintext length. Memory stays at a few chunks whatever the object's size (a few pieces
+/// downloaded ahead, [`CHUNKS_AHEAD`] authenticated chunks waiting to be inflated): plaintext is
 /// written in pieces of at most 1 MiB as it is opened (a chunk of very compressible data, e.g.
 /// a large SETRANGE of zeros, may expand to hundreds of MiB). The sink is written with
 /// blocking calls: restores and verification are offline work, not the agent's loop.
@@ -57,10 +58,9 @@ pub async fn open_object(
     store: &Store,
     keys: &KeyRing,
     path: &str,
-    mut sink: Option<&mut std::fs::File>,
+    sink: Option<&mut std::fs::File>,
     mut downloaded: impl FnMut(u64),
 ) -> Result<u64> {
-    use std::io::Write;
     let Some(mut stream) = store.get_stream(path).await? else {
         bail!("backup object {path} is missing");
     };
@@ -78,8 +78,16 @@ pub async fn open_object(
                     return;
                 }
             };
-            gathered.extend_from_slice(&piece);
-            if gathered.len() >= GATHER && tx.send(Ok(gathered.split().freeze())).await.is_err() {
+            let full = if gathered.is_empty() && piece.len() >= GATHER {
+                piece // already large (a local file is read 1 MiB at a time): no copy
+            } else {
+                gathered.extend_from_slice(&piece);
+                if gathered.len() < GATHER {
+                    continue;
+                }
+                gathered.split().freeze()
+            };
+            if tx.send(Ok(full)).await.is_err() {
                 return;
             }
         }
@@ -88,27 +96,77 @@ pub async fn open_object(
         }
     });
     let _stop_reader = AbortOnDrop(reader);
-    let mut opener = Opener::new(path, keys);
-    let mut total = 0u64;
-    let mut flushed = 0u64;
-    while let Some(piece) = pieces.recv().await {
-        let piece = piece?;
-        downloaded(piece.len() as u64);
-        let mut written: std::io::Result<()> = Ok(());
-        opener.push_each(&piece, |p| {
-            total += p.len() as u64;
-            if let (Some(f), Ok(())) = (sink.as_deref_mut(), &written) {
-                written = f.write_all(p);
-            }
-        })?;
-        written.with_context(|| format!("writing what {path} holds"))?;
-        if let Some(f) = sink.as_deref_mut() {
-            start_writeback(f, &mut flushed)?;
-        }
-    }
-    opener.finish()?;
-    Ok(total)
+    tokio::task::block_in_place(|| open_pieces(path, keys, &mut pieces, sink, &mut downloaded))
 }
+
+/// The blocking part of [`open_object`]: authenticate and decrypt the pieces on this thread as
+/// they arrive, and decompress and write on a second one. On two cores the stages overlap;
+/// run one after the other they took twice as long. Returns the plaintext length.
+fn open_pieces(
+    path: &str,
+    keys: &KeyRing,
+    pieces: &mut tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+    sink: Option<&mut std::fs::File>,
+    downloaded: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    use std::io::Write;
+    use std::ops::ControlFlow;
+    let (chunks_tx, chunks) = std::sync::mpsc::sync_channel::<OpenedChunk>(CHUNKS_AHEAD);
+    // Spent chunk buffers go back to the unsealer (no allocation per chunk).
+    let (spares_tx, spares) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let inflating = scope.spawn(move || -> Result<u64> {
+            let mut inflater = Inflater::new(path);
+            let mut sink = sink;
+            let mut flushed = 0u64;
+            for chunk in chunks {
+                let mut written: std::io::Result<()> = Ok(());
+                inflater.inflate(&chunk, &mut |p| {
+                    if let (Some(f), Ok(())) = (sink.as_deref_mut(), &written) {
+                        written = f.write_all(p);
+                    }
+                })?;
+                written.with_context(|| format!("writing what {path} holds"))?;
+                if let Some(f) = sink.as_deref_mut() {
+                    start_writeback(f, &mut flushed)?;
+                }
+                let _ = spares_tx.send(chunk.into_buffer());
+            }
+            Ok(inflater.finish()?.plaintext_len)
+        });
+        let unsealed = (|| -> Result<()> {
+            let mut unsealer = Unsealer::new(path, keys);
+            while let Some(piece) = pieces.blocking_recv() {
+                let piece = piece?;
+                downloaded(piece.len() as u64);
+                let mut stopped = false;
+                unsealer.push_each(&piece, |chunk| match chunks_tx.send(chunk) {
+                    Ok(()) => ControlFlow::Continue(spares.try_recv().ok()),
+                    Err(_) => {
+                        stopped = true;
+                        ControlFlow::Break(())
+                    }
+                })?;
+                if stopped {
+                    // The inflating thread failed: its error is the one to report.
+                    return Ok(());
+                }
+            }
+            unsealer.finish()?;
+            Ok(())
+        })();
+        drop(chunks_tx);
+        let inflated = inflating
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A download or authentication error comes first: the inflater then only saw the
+        // object end early.
+        unsealed.and(inflated)
+    })
+}
+
+/// Authenticated chunks (1 MiB each by default) waiting to be inflated.
+const CHUNKS_AHEAD: usize = 4;
 
 /// Bytes gathered from the download before they are opened.
 const GATHER: usize = 1 << 20;
@@ -520,6 +578,84 @@ async fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup_format::{seal_all, testing::hand_sealed, MIN_CHUNK_SIZE, TRAILER_LEN};
+
+    /// Pseudo-random bytes: incompressible, so their object has one chunk per MiB.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Open `name` into a file as a restore does; its contents, or the whole error.
+    async fn open_to_file(store: &Store, keys: &KeyRing, name: &str) -> Result<Vec<u8>, String> {
+        use std::io::{Read, Seek};
+        let mut f = tempfile::tempfile().unwrap();
+        let mut downloaded = 0;
+        let n = open_object(store, keys, name, Some(&mut f), |n| downloaded += n)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let mut out = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut out).unwrap();
+        assert_eq!(n, out.len() as u64);
+        Ok(out)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_open_into_files_and_each_stage_names_its_own_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = Store::open(&url, &Default::default()).unwrap();
+        let keys = KeyRing::from_keys([3u8; crate::backup_keys::KEY_LEN], &[]).unwrap();
+        let plain = noise((3 << 20) + 123);
+        let put = |name: &'static str, bytes: Vec<u8>| {
+            let store = &store;
+            async move { store.put(name, Bytes::from(bytes)).await.unwrap() }
+        };
+
+        // Whole: the plaintext arrives in the file, in order.
+        let good = "backup/c/base-000001.rsb";
+        put(good, seal_all(good, &keys, 1, &plain).unwrap()).await;
+        assert!(open_to_file(&store, &keys, good).await.unwrap() == plain);
+
+        // Cut short: the unsealing stage says so (the inflater only saw the chunks end).
+        let cut = "backup/c/cut.rsb";
+        let sealed = seal_all(cut, &keys, 1, &plain).unwrap();
+        put(cut, sealed[..sealed.len() - 100].to_vec()).await;
+        let e = open_to_file(&store, &keys, cut).await.unwrap_err();
+        assert!(e.contains(cut) && e.contains("truncated in chunk 3"), "{e}");
+
+        // Altered: authentication fails in the chunk that was changed.
+        let altered = "backup/c/altered.rsb";
+        let mut sealed = seal_all(altered, &keys, 1, &plain).unwrap();
+        sealed[(2 << 20) + 4096] ^= 1;
+        put(altered, sealed).await;
+        let e = open_to_file(&store, &keys, altered).await.unwrap_err();
+        assert!(e.contains("authentication failed in chunk 2"), "{e}");
+
+        // Authentic chunks that are not zstd data: the inflating thread's error is reported,
+        // and the unsealing stops instead of reading on.
+        let garbage = "backup/c/garbage.rsb";
+        let body = [0xabu8; MIN_CHUNK_SIZE];
+        let trailer = [0u8; TRAILER_LEN];
+        let mut chunks: Vec<(&[u8], bool)> = vec![(&body, false); 20];
+        chunks.push((&trailer, true));
+        put(garbage, hand_sealed(garbage, &keys, &chunks)).await;
+        let e = open_to_file(&store, &keys, garbage).await.unwrap_err();
+        assert!(e.contains("decompression failed in chunk 0"), "{e}");
+
+        let e = open_to_file(&store, &keys, "backup/c/gone.rsb")
+            .await
+            .unwrap_err();
+        assert!(e.contains("backup/c/gone.rsb is missing"), "{e}");
+    }
 
     #[test]
     fn restore_times() {
