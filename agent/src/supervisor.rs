@@ -368,38 +368,74 @@ impl Supervisor {
         redis_client::info(self.admin.connection().await?).await
     }
 
-    /// Clean stop: SHUTDOWN (redis fsyncs the AOF and waits for replicas), then signals as a
-    /// last resort.
+    /// Clean stop: SHUTDOWN (redis fsyncs the AOF and waits for replicas), then SIGKILL as a
+    /// last resort after [`SHUTDOWN_TIMEOUT`].
+    ///
+    /// Redis refuses SHUTDOWN (and ignores SIGTERM) while it writes its first AOF, e.g. right
+    /// after a replica's full sync ("Writing initial AOF, can't exit"); it is asked again each
+    /// second, so the stop waits for the rewrite instead of ending in a kill.
     async fn stop(&mut self, mut child: Child) {
         self.state.send_modify(|s| s.phase = Phase::Stopping);
         info!("stopping redis-server");
-        let conn = self.admin.connection().await;
-        match conn {
-            Ok(c) => {
-                // The connection drops as redis exits, so an I/O error here is the good case.
-                let r: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query_async(c).await;
-                if let Err(e) = r {
-                    if !e.is_io_error() && !e.is_connection_dropped() && !e.is_unrecoverable_error()
-                    {
-                        warn!("SHUTDOWN refused: {e}");
-                    }
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        let mut ask = true;
+        loop {
+            if ask {
+                ask = self.ask_to_shut_down(&child, deadline).await;
+            }
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(SHUTDOWN_RETRY);
+            match tokio::time::timeout(wait, child.wait()).await {
+                Ok(Ok(status)) => {
+                    info!(exit = %describe_exit(status), "redis-server stopped");
+                    return;
                 }
-            }
-            Err(e) => {
-                warn!("cannot reach redis for a clean SHUTDOWN ({e:#}); sending SIGTERM");
-                signal(&child, libc::SIGTERM);
-            }
-        }
-        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
-            Ok(Ok(status)) => info!(exit = %describe_exit(status), "redis-server stopped"),
-            Ok(Err(e)) => warn!("waiting for redis-server failed: {e}"),
-            Err(_) => {
-                error!("redis-server did not stop within {SHUTDOWN_TIMEOUT:?}; killing it");
-                let _ = child.kill().await;
+                Ok(Err(e)) => {
+                    warn!("waiting for redis-server failed: {e}");
+                    return;
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    error!("redis-server did not stop within {SHUTDOWN_TIMEOUT:?}; killing it");
+                    let _ = child.kill().await;
+                    return;
+                }
+                Err(_) => {}
             }
         }
     }
+
+    /// Send SHUTDOWN (SIGTERM when redis cannot be reached); true if redis refused and should
+    /// be asked again.
+    async fn ask_to_shut_down(&mut self, child: &Child, deadline: Instant) -> bool {
+        let conn = match self.admin.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot reach redis for a clean SHUTDOWN ({e:#}); sending SIGTERM");
+                signal(child, libc::SIGTERM);
+                return false;
+            }
+        };
+        // An accepted SHUTDOWN answers only by dropping the connection as redis exits (after
+        // waiting for replicas): bounded by the stop's deadline.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let shutdown = redis::cmd("SHUTDOWN");
+        match tokio::time::timeout(left, shutdown.query_async::<()>(conn)).await {
+            Ok(Err(e))
+                if !e.is_io_error()
+                    && !e.is_connection_dropped()
+                    && !e.is_unrecoverable_error() =>
+            {
+                warn!("SHUTDOWN refused ({e}); asking again in {SHUTDOWN_RETRY:?}");
+                true
+            }
+            _ => false,
+        }
+    }
 }
+
+/// How often a refused SHUTDOWN is asked again.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(1);
 
 fn signal(child: &Child, sig: i32) {
     if let Some(pid) = child.id() {

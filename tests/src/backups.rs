@@ -360,9 +360,14 @@ pub fn present(
 
 /// Load `mb` values of 1 MiB of half-compressible text through redis-cli --pipe (benchmarks).
 pub fn load_dataset(agent: &Agent, mb: usize) {
+    load_dataset_with(agent.redis_cli_command(Some(crate::node::PASSWORD)), mb)
+}
+
+/// [`load_dataset`] through a given redis-cli command (e.g. a cluster node's, in its
+/// namespace).
+pub fn load_dataset_with(mut redis_cli: std::process::Command, mb: usize) {
     use std::io::Write;
-    let mut child = agent
-        .redis_cli_command(Some(crate::node::PASSWORD))
+    let mut child = redis_cli
         .arg("--pipe")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

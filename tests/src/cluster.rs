@@ -10,6 +10,7 @@ use crate::sentinel_client::{SentinelTarget, WriterConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -335,18 +336,29 @@ impl Cluster {
     /// redis-cli run on host `from` against `ip` (e.g. 127.0.0.1 on a cut-off node), with a
     /// 2-second limit: a paused (fenced) write never answers.
     pub fn cli_from(&self, from: usize, ip: &str, args: &[&str]) -> String {
+        let mut c = self.bed.host(from).command("timeout");
+        c.args(["2", "redis-cli"]);
         let out = self
-            .bed
-            .host(from)
-            .command("timeout")
-            .args(["2", "redis-cli", "--tls", "--cacert"])
-            .arg(self.ca_file())
-            .args(["-h", ip, "-p", &REDIS_PORT.to_string()])
-            .args(["-a", PASSWORD, "--no-auth-warning"])
+            .with_redis_cli_args(c, ip)
             .args(args)
             .output()
             .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A redis-cli for node i as a customer (TLS, password), run from the client host and
+    /// without a time limit (e.g. `--pipe` for bulk loads).
+    pub fn redis_cli(&self, i: usize) -> Command {
+        let c = self.bed.host(self.client).command("redis-cli");
+        self.with_redis_cli_args(c, &self.node_ip(i).to_string())
+    }
+
+    fn with_redis_cli_args(&self, mut c: Command, ip: &str) -> Command {
+        c.args(["--tls", "--cacert"])
+            .arg(self.ca_file())
+            .args(["-h", ip, "-p", &REDIS_PORT.to_string()])
+            .args(["-a", PASSWORD, "--no-auth-warning"]);
+        c
     }
 
     /// How a client reaches this data store: the agents' Sentinel ports, TLS with the shared
