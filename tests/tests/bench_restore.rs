@@ -2,7 +2,8 @@
 //!
 //! `REDIS_STEWARD_BIN=$PWD/target/release/redis-steward cargo test -p steward-testbed --test
 //! bench_restore -- --ignored --nocapture --test-threads=1` (`BENCH_MB` sets the dataset size,
-//! default 1024; a debug agent decrypts at a few MB/s, so use a release one).
+//! default 1024, `BENCH_ROUNDS` the rounds, default 3; a debug agent decrypts at a few MB/s,
+//! so use a release one).
 //!
 //! One node backs up a dataset to a local folder; the same objects are copied to an S3 server
 //! (moto). Reported: `redis-steward restore` from each, then the time until a redis-server on
@@ -10,6 +11,7 @@
 //! locally (the limit) — and, for the replacement choice in ARCHITECTURE.md, a replica's full
 //! sync of the same data from a live primary.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +27,7 @@ fn serve_and_time(dir: &Path) -> (Child, u16, Duration) {
         .arg(dir)
         .args(["--appendonly", "yes", "--save", "", "--bind", "127.0.0.1"])
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     let up = wait_for(Duration::from_secs(600), Duration::from_millis(10), || {
@@ -98,8 +101,13 @@ fn copy_aof(data_dir: &Path, to: &Path) {
     let _ = Command::new("sync").status();
 }
 
+/// Kill a redis-server started by [`serve_and_time`] with its whole process group: killing
+/// redis alone leaves a running AOF rewrite (a forked child) behind, loading the machine for
+/// the next round, and SIGTERM is refused while redis writes its first AOF after a sync.
 fn kill(mut c: Child) {
-    let _ = c.kill();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", c.id())])
+        .status();
     let _ = c.wait();
 }
 
@@ -158,8 +166,12 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
     std::fs::write(&s3_config, body).unwrap();
 
     // Rounds, interleaved so that a busy moment hits every kind alike; medians reported.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let (mut limits, mut folder, mut s3) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..3 {
+    for round in 0..rounds {
         // The limit: redis loading the node's own AOF directory from local disk.
         let local = tmp.path().join(format!("local-{round}"));
         copy_aof(&agent.data_dir(), &local);
@@ -198,6 +210,7 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
         .args(["--appendonly", "yes", "--save", "", "--bind", "127.0.0.1"])
         .args(["--replicaof", "127.0.0.1", &primary_port.to_string()])
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     let synced = wait_for(Duration::from_secs(600), Duration::from_millis(20), || {
@@ -224,7 +237,7 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
         median(s3.iter().map(|x| x.0 + x.1).collect()),
     );
     eprintln!(
-        "RESULT restore of {mb} MiB until redis answers (median of 3): local folder {:.1} s \
+        "RESULT restore of {mb} MiB until redis answers (median of {rounds}): local folder {:.1} s \
          (restore {:.1} s) = {:.2}x the limit; S3 server {:.1} s (restore {:.1} s) = {:.2}x; \
          limit (redis loading its own AOF from local disk) {:.1} s; a replica's full sync of \
          the same data from a live primary {:.1} s",
