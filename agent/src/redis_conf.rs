@@ -158,6 +158,11 @@ pub fn render_redis_conf(s: &RedisSettings<'_>) -> String {
     );
     // The AOF is the durable copy; RDB snapshots would only add forks.
     line("save", "\"\"");
+    // SIGTERM is what redis gets when its agent dies (PR_SET_PDEATHSIG). A plain SIGTERM is
+    // refused while redis writes its first AOF after a full sync, and redis would live on
+    // without its agent. Only a replica is ever in that state here (the AOF is never switched
+    // on at runtime) and its data is the primary's, so forcing the exit loses nothing.
+    line("shutdown-on-sigterm", "force");
     line("maxclients", &s.maxclients.to_string());
     line("maxmemory", &format!("{}mb", s.maxmemory_mb));
     line("maxmemory-policy", s.maxmemory_policy);
@@ -272,6 +277,7 @@ mod tests {
         assert_eq!(get(&d, "appenddirname"), "\"appendonlydir\"");
         assert_eq!(get(&d, "aof-timestamp-enabled"), "yes");
         assert_eq!(get(&d, "aof-disable-auto-gc"), "yes");
+        assert_eq!(get(&d, "shutdown-on-sigterm"), "force");
         assert_eq!(get(&d, "appendfsync"), "everysec");
         assert_eq!(get(&d, "maxclients"), "16384");
         assert_eq!(get(&d, "maxmemory"), "3072mb");
