@@ -27,7 +27,37 @@ pub fn agent_bin() -> PathBuf {
         "{} is missing: run the suite with `cargo test --workspace` (or set REDIS_STEWARD_BIN)",
         bin.display()
     );
+    // `cargo test -p steward-testbed` rebuilds the agent's library but not its binary: a test
+    // would then quietly run the previous build. Cargo's dep-info beside the binary lists the
+    // files it was built from.
+    if let (Ok(built), Some(edited)) = (
+        bin.metadata().and_then(|m| m.modified()),
+        newest_dependency(&bin.with_extension("d")),
+    ) {
+        assert!(
+            built >= edited,
+            "{} is older than its sources: `cargo build -p redis-steward` first (or run \
+             `cargo test --workspace`)",
+            bin.display()
+        );
+    }
     bin
+}
+
+/// The newest modification time among the files a cargo dep-info file (`target: dep dep …`)
+/// names; None if there is none to read.
+fn newest_dependency(dep_info: &Path) -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    let (_, deps) = text.lines().next()?.split_once(": ")?;
+    deps.replace("\\ ", "\0")
+        .split_whitespace()
+        .filter_map(|p| {
+            std::fs::metadata(p.replace('\0', " "))
+                .ok()?
+                .modified()
+                .ok()
+        })
+        .max()
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
