@@ -293,7 +293,7 @@ pub struct Sealer {
     pending: Vec<u8>,
     header_sent: bool,
     stats: SealStats,
-    failed: Option<FormatError>,
+    failed: Sticky,
 }
 
 impl Sealer {
@@ -352,7 +352,7 @@ impl Sealer {
                 sealed_len: 0,
                 chunks: 0,
             },
-            failed: None,
+            failed: Sticky::default(),
             object,
         })
     }
@@ -388,20 +388,16 @@ impl Sealer {
     /// Compress and seal `plaintext`; returns the object bytes completed by it (the header on
     /// the first call, then every chunk that filled up), possibly none.
     pub fn push(&mut self, plaintext: &[u8]) -> Result<Vec<Bytes>, FormatError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        self.failed.check()?;
         let mut out = Vec::new();
         let result = self.push_inner(plaintext, &mut out);
-        self.fail_on(result).map(|()| out)
+        self.failed.remember(result).map(|()| out)
     }
 
     /// End the zstd frame and seal the final chunk; returns the remaining object bytes and
     /// what the object holds.
     pub fn finish(mut self) -> Result<(Vec<Bytes>, SealStats), FormatError> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
+        self.failed.check()?;
         let mut out = Vec::new();
         self.finish_inner(&mut out)?;
         Ok((out, self.stats))
@@ -507,10 +503,24 @@ impl Sealer {
         self.stats.sealed_len += frame.len() as u64;
         Ok(Bytes::from(frame))
     }
+}
 
-    fn fail_on<T>(&mut self, result: Result<T, FormatError>) -> Result<T, FormatError> {
+/// The first error of a sealer or an opener, returned again by every later call: a stream
+/// that failed once must not go on as if the bytes in between had not happened.
+#[derive(Debug, Default)]
+struct Sticky(Option<FormatError>);
+
+impl Sticky {
+    fn check(&self) -> Result<(), FormatError> {
+        match &self.0 {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn remember<T>(&mut self, result: Result<T, FormatError>) -> Result<T, FormatError> {
         if let Err(e) = &result {
-            self.failed = Some(e.clone());
+            self.0 = Some(e.clone());
         }
         result
     }
@@ -543,7 +553,7 @@ enum Phase {
 pub struct Opener {
     unsealer: Unsealer,
     inflater: Inflater,
-    failed: Option<FormatError>,
+    failed: Sticky,
 }
 
 impl Opener {
@@ -553,7 +563,7 @@ impl Opener {
         Opener {
             unsealer: Unsealer::new(object_name, keys),
             inflater: Inflater::new(object_name),
-            failed: None,
+            failed: Sticky::default(),
         }
     }
 
@@ -576,9 +586,7 @@ impl Opener {
         ciphertext: &[u8],
         mut each: impl FnMut(&[u8]),
     ) -> Result<(), FormatError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        self.failed.check()?;
         let inflater = &mut self.inflater;
         let mut inflated = Ok(());
         let unsealed = self.unsealer.push_each(ciphertext, |chunk| {
@@ -590,17 +598,12 @@ impl Opener {
             }
         });
         let result = unsealed.and(inflated);
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
-        result
+        self.failed.remember(result)
     }
 
     /// The object ended: succeeds only if the final chunk was opened and nothing followed it.
     pub fn finish(self) -> Result<OpenStats, FormatError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         let unsealed = self.unsealer.finish()?;
         let inflated = self.inflater.finish()?;
         Ok(OpenStats {
@@ -669,7 +672,7 @@ pub struct Unsealer {
     spare: Option<Vec<u8>>,
     cipher: Option<ChunkCipher>,
     stats: UnsealStats,
-    failed: Option<FormatError>,
+    failed: Sticky,
 }
 
 impl Unsealer {
@@ -686,7 +689,7 @@ impl Unsealer {
                 sealed_len: 0,
                 chunks: 0,
             },
-            failed: None,
+            failed: Sticky::default(),
         }
     }
 
@@ -700,21 +703,14 @@ impl Unsealer {
         ciphertext: &[u8],
         mut each: impl FnMut(OpenedChunk) -> ControlFlow<(), Option<Vec<u8>>>,
     ) -> Result<(), FormatError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        self.failed.check()?;
         let result = self.push_inner(ciphertext, &mut each);
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
-        result
+        self.failed.remember(result)
     }
 
     /// The object ended: succeeds only if the final chunk arrived and nothing followed it.
     pub fn finish(self) -> Result<UnsealStats, FormatError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         let at = match self.phase {
             Phase::Done => return Ok(self.stats),
             Phase::Stopped => Truncation::AfterChunk {
@@ -910,7 +906,7 @@ pub struct Inflater {
     done: bool,
     chunks: u64,
     stats: InflateStats,
-    failed: Option<FormatError>,
+    failed: Sticky,
 }
 
 impl Inflater {
@@ -926,7 +922,7 @@ impl Inflater {
                 plaintext_len: 0,
                 compressed_len: 0,
             },
-            failed: None,
+            failed: Sticky::default(),
         }
     }
 
@@ -937,21 +933,14 @@ impl Inflater {
         chunk: &OpenedChunk,
         out: &mut dyn FnMut(&[u8]),
     ) -> Result<(), FormatError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
+        self.failed.check()?;
         let result = self.inflate_inner(chunk, out);
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
-        result
+        self.failed.remember(result)
     }
 
     /// The object ended: succeeds only if the final chunk was inflated.
     pub fn finish(self) -> Result<InflateStats, FormatError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         if !self.done {
             return Err(FormatError::Truncated {
                 object: self.object,
