@@ -60,6 +60,15 @@ fn newest_dependency(dep_info: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
+/// A benchmark knob from the environment (`ROUNDS`, `BENCH_MB`, …), or `default` when unset
+/// or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -29,15 +29,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use steward_testbed::backups::{load_dataset, write_key};
-use steward_testbed::node::{run_cli, wait_for, Agent, NodeSpec, PASSWORD};
+use steward_testbed::node::{env_or, run_cli, wait_for, Agent, NodeSpec, PASSWORD};
 use steward_testbed::s3::MotoServer;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))

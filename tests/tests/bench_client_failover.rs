@@ -31,7 +31,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use steward_testbed::cluster::{Cluster, REDIS_PORT};
 use steward_testbed::netns::Testbed;
-use steward_testbed::node::PASSWORD;
+use steward_testbed::node::{env_or, PASSWORD};
 use steward_testbed::sentinel_client::{
     verify, ProbeTarget, SentinelTarget, SplitBrainMonitor, Writer, WriterConfig, WriterReport,
 };
@@ -48,15 +48,8 @@ const PARTITION_HOLD: Duration = Duration::from_secs(30);
 /// Split-brain probe interval.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
-fn env_rounds(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(default)
-}
-
 fn rounds() -> usize {
-    env_rounds("ROUNDS", 20)
+    env_or("ROUNDS", 20)
 }
 
 /// What a benchmark needs from a deployment, so one round function drives both systems.
@@ -480,7 +473,7 @@ fn kill_redis_sentinel_3_nodes_down_after_1000() {
 #[test]
 #[ignore = "benchmark: run explicitly"]
 fn kill_redis_sentinel_3_nodes_down_after_5000() {
-    sentinel_kill_rounds(3, 5000, env_rounds("SLOW_ROUNDS", rounds()));
+    sentinel_kill_rounds(3, 5000, env_or("SLOW_ROUNDS", rounds()));
 }
 
 #[test]

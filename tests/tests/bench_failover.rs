@@ -12,13 +12,10 @@
 
 use std::time::{Duration, Instant};
 use steward_testbed::cluster::Cluster;
-use steward_testbed::node::wait_for;
+use steward_testbed::node::{env_or, wait_for};
 
 fn rounds() -> usize {
-    std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20)
+    env_or("ROUNDS", 20)
 }
 
 fn summary(name: &str, mut v: Vec<Duration>) {

@@ -6,15 +6,12 @@
 //! Results are recorded in BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
-use steward_testbed::node::{wait_for, Agent, NodeSpec};
+use steward_testbed::node::{env_or, wait_for, Agent, NodeSpec};
 
 #[test]
 #[ignore = "benchmark: run explicitly"]
 fn redis_crash_to_serving_again() {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20);
+    let rounds: usize = env_or("ROUNDS", 20);
     let mut samples = Vec::with_capacity(rounds);
     for round in 0..rounds {
         // A fresh node per round: repeated crashes of one redis would measure the restart

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use steward_testbed::backups::*;
-use steward_testbed::node::{free_port, run_cli, wait_for};
+use steward_testbed::node::{env_or, free_port, run_cli, wait_for};
 
 /// Start a plain redis-server on `dir` and return it with the time until PING answered.
 fn serve_and_time(dir: &Path) -> (Child, u16, Duration) {
@@ -114,10 +114,7 @@ fn kill(mut c: Child) {
 #[test]
 #[ignore = "benchmark: run by hand, see the module doc"]
 fn restore_of_a_large_dataset_next_to_a_local_load() {
-    let mb: usize = std::env::var("BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let mb: usize = env_or("BENCH_MB", 1024);
     let tmp = tempfile::tempdir().unwrap();
     // BENCH_KEEP=1 keeps the bucket and config for profiling the restore by hand.
     if std::env::var_os("BENCH_KEEP").is_some() {
@@ -166,10 +163,7 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
     std::fs::write(&s3_config, body).unwrap();
 
     // Rounds, interleaved so that a busy moment hits every kind alike; medians reported.
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let (mut limits, mut folder, mut s3) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         // The limit: redis loading the node's own AOF directory from local disk.
