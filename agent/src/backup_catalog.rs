@@ -592,12 +592,17 @@ impl Chain {
 
     /// Every object path of the chain.
     pub fn paths(&self) -> Vec<&str> {
+        self.objects().into_iter().map(|(path, _)| path).collect()
+    }
+
+    /// Every object of the chain with its stored size.
+    pub fn objects(&self) -> Vec<(&str, u64)> {
         self.base
             .iter()
             .chain(&self.extra_bases)
-            .map(|b| b.path.as_str())
-            .chain(self.segments.iter().map(|s| s.path.as_str()))
-            .chain(self.end_markers.iter().map(|m| m.path.as_str()))
+            .map(|b| (b.path.as_str(), b.size))
+            .chain(self.segments.iter().map(|s| (s.path.as_str(), s.size)))
+            .chain(self.end_markers.iter().map(|m| (m.path.as_str(), m.size)))
             .collect()
     }
 
@@ -814,10 +819,10 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
-    /// Object paths in fetch order.
-    pub fn paths(&self) -> Vec<&str> {
-        std::iter::once(self.base.path.as_str())
-            .chain(self.segments.iter().map(|s| s.path.as_str()))
+    /// Objects in fetch order, with their stored sizes.
+    pub fn objects(&self) -> Vec<(&str, u64)> {
+        std::iter::once((self.base.path.as_str(), self.base.size))
+            .chain(self.segments.iter().map(|s| (s.path.as_str(), s.size)))
             .collect()
     }
 
@@ -1679,8 +1684,9 @@ mod tests {
         assert_eq!(plan.target_unix_ms, None);
         assert_eq!(plan.restores_to_unix_ms, T0 + 2 * DAY - 55 * MIN);
         assert_eq!(plan.segments.len(), 10);
-        let p = plan.paths();
+        let p: Vec<&str> = plan.objects().into_iter().map(|(path, _)| path).collect();
         assert_eq!(p.len(), 11);
+        assert_eq!(plan.objects()[0].1, 5000);
         assert!(p[0].ends_with("/base-000001.rsb"));
         assert!(p[1..].iter().all(|s| s.contains("/wal/")));
         let mut sorted = p.clone();

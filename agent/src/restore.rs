@@ -1,6 +1,7 @@
-//! Reading backups back: download a sealed object as a stream, authenticate and decrypt it
-//! piece by piece (`backup_format::Opener`), and hand the plaintext to a sink — a file of a
-//! rebuilt AOF directory, or nothing when only verifying. Errors name the object.
+//! Reading backups back: download a sealed object — a base as a stream, the small segments
+//! whole and several at a time ahead of their turn (`fetch_ahead`) — authenticate and decrypt
+//! it (`backup_format`), and hand the plaintext to a sink: a file of a rebuilt AOF directory,
+//! or nothing when only verifying. Errors name the object.
 //!
 //! `restore` turns the backups into a data directory a fresh redis-server loads as is: the
 //! chain covering the time asked for, laid out as a Redis 7 multi-part AOF directory and cut
@@ -9,8 +10,9 @@
 use crate::backup_catalog::{
     format_utc, human_bytes, parse_utc, Catalog, ListedObject, RestorePlan, BACKUP_PREFIX,
 };
-use crate::backup_format::{Inflater, OpenedChunk, Unsealer};
+use crate::backup_format::{Inflater, OpenedChunk, Opener, Unsealer};
 use crate::backup_keys::KeyRing;
+use crate::fetch_ahead::{AbortOnDrop, FetchAhead, Fetched};
 use crate::store::{Store, StoreError};
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -97,6 +99,46 @@ pub async fn open_object(
     });
     let _stop_reader = AbortOnDrop(reader);
     tokio::task::block_in_place(|| open_pieces(path, keys, &mut pieces, sink, &mut downloaded))
+}
+
+/// Open one object a [`FetchAhead`] handed out into `sink`: from memory when it came whole,
+/// else streamed from the store.
+async fn open_fetched(
+    store: &Store,
+    keys: &KeyRing,
+    path: &str,
+    fetched: Result<Fetched>,
+    sink: Option<&mut std::fs::File>,
+    mut downloaded: impl FnMut(u64),
+) -> Result<u64> {
+    match fetched? {
+        Fetched::Whole(sealed) => {
+            downloaded(sealed.len() as u64);
+            tokio::task::block_in_place(|| open_whole(path, keys, &sealed, sink))
+        }
+        Fetched::Large => open_object(store, keys, path, sink, downloaded).await,
+    }
+}
+
+/// Authenticate, decrypt and decompress a whole stored object into `sink` on this thread (a
+/// small object is not worth a second thread). Returns the plaintext length.
+fn open_whole(
+    path: &str,
+    keys: &KeyRing,
+    sealed: &[u8],
+    mut sink: Option<&mut std::fs::File>,
+) -> Result<u64> {
+    use std::io::Write;
+    let mut opener = Opener::new(path, keys);
+    let mut written: std::io::Result<()> = Ok(());
+    opener.push_each(sealed, |p| {
+        if let (Some(f), Ok(())) = (sink.as_deref_mut(), &written) {
+            written = f.write_all(p);
+        }
+    })?;
+    let stats = opener.finish()?;
+    written.with_context(|| format!("writing what {path} holds"))?;
+    Ok(stats.plaintext_len)
 }
 
 /// The blocking part of [`open_object`]: authenticate and decrypt the pieces on this thread as
@@ -195,15 +237,6 @@ fn start_writeback(f: &mut std::fs::File, flushed: &mut u64) -> Result<()> {
     Ok(())
 }
 
-/// Aborts the task when dropped (an error or a cancelled restore stops the download too).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What `verify` found.
 #[derive(Debug, Default)]
 pub struct Verified {
@@ -223,13 +256,14 @@ pub async fn verify(store: &Store, keys: &KeyRing, chain: Option<&str>) -> Resul
             continue;
         }
         matched = true;
-        for path in c.paths() {
-            match open_object(store, keys, path, None, |_| {}).await {
+        let mut ahead = FetchAhead::new(store, c.objects());
+        while let Some((path, fetched)) = ahead.next().await {
+            match open_fetched(store, keys, &path, fetched, None, |_| {}).await {
                 Ok(n) => {
                     v.objects += 1;
                     v.bytes += n;
                 }
-                Err(e) => v.failures.push((path.to_string(), format!("{e:#}"))),
+                Err(e) => v.failures.push((path, format!("{e:#}"))),
             }
         }
     }
@@ -505,10 +539,10 @@ async fn build(
 ) -> Result<(Restored, PathBuf)> {
     let dir = work.join(crate::layout::AOF_DIR_NAME);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let paths = plan.paths();
+    let objects = plan.objects();
     let mut progress = Progress {
         objects_done: 0,
-        objects_total: paths.len(),
+        objects_total: objects.len(),
         bytes_done: 0,
         bytes_total: plan.total_bytes(),
         elapsed: Duration::ZERO,
@@ -521,10 +555,12 @@ async fn build(
     let mut f = std::fs::File::create(&incr_path)?;
     let (mut base_bytes, mut wal_bytes) = (0, 0);
     let mut last_report = Instant::now();
-    for (i, path) in paths.iter().enumerate() {
+    let mut ahead = FetchAhead::new(store, objects.iter().copied());
+    for i in 0..objects.len() {
+        let (path, fetched) = ahead.next().await.expect("one per object");
         let out = if i == 0 { &mut base_out } else { &mut f };
         let mut done = progress.bytes_done;
-        let n = open_object(store, keys, path, Some(out), |n| {
+        let n = open_fetched(store, keys, &path, fetched, Some(out), |n| {
             done += n;
             if last_report.elapsed() >= Duration::from_millis(200) {
                 let p = Progress {
@@ -560,7 +596,7 @@ async fn build(
     fsync_dir(&dir)?;
     let restored = Restored {
         chain: plan.chain.to_string(),
-        objects: paths.len(),
+        objects: objects.len(),
         stored_bytes: progress.bytes_done,
         aof_bytes: base_bytes + cut.keep_bytes,
         restores_to_unix_ms: match at_unix_s {
