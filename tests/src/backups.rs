@@ -19,10 +19,16 @@ pub fn agent_with_backups(bucket: &Path, key: &Path) -> Agent {
     agent_with_backups_extra(bucket, key, "")
 }
 
+/// As [`agent_with_backups`], with more `[backup]` settings (`wal_interval_ms` is 200 unless
+/// `extra` sets it).
 pub fn agent_with_backups_extra(bucket: &Path, key: &Path, extra: &str) -> Agent {
     let mut spec = NodeSpec::new("node-1");
+    let interval = match extra.contains("wal_interval_ms") {
+        true => "",
+        false => "wal_interval_ms = 200\n",
+    };
     spec.extra = format!(
-        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n{extra}",
+        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\n{interval}{extra}",
         bucket.display(),
         key.display()
     );

@@ -4,6 +4,7 @@
 pub mod azurite;
 pub mod backups;
 pub mod cluster;
+pub mod latency_proxy;
 pub mod netns;
 pub mod node;
 pub mod s3;

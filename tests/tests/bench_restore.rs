@@ -5,11 +5,16 @@
 //! default 1024, `BENCH_ROUNDS` the rounds, default 3; a debug agent decrypts at a few MB/s,
 //! so use a release one).
 //!
-//! One node backs up a dataset to a local folder; the same objects are copied to an S3 server
-//! (moto). Reported: `redis-steward restore` from each, then the time until a redis-server on
+//! `restore_of_a_large_dataset_next_to_a_local_load`: one node backs up a dataset to a local
+//! folder; the same objects are copied to an S3 server (moto). Reported: `redis-steward restore` from each, then the time until a redis-server on
 //! the result answers, next to a redis-server loading the node's own AOF directory copied
 //! locally (the limit) — and, for the replacement choice in ARCHITECTURE.md, a replica's full
 //! sync of the same data from a live primary.
+//!
+//! `restore_of_a_chain_of_many_segments`: a writer runs until the chain holds `BENCH_SEGMENTS`
+//! WAL segments (default 1000, one per 100 ms); reported: the restore's time from the folder,
+//! from the S3 server, and from the S3 server behind a proxy that delays each answer by
+//! `BENCH_LATENCY_MS` (default 20, a store across a network: each object costs a round trip).
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -101,6 +106,43 @@ fn copy_aof(data_dir: &Path, to: &Path) {
     let _ = Command::new("sync").status();
 }
 
+/// The same objects as `bucket` on an S3 server (moto), under the same names, and a copy of
+/// `config` that reads them from there (written into `dir`).
+fn copy_to_s3(
+    bucket: &Path,
+    config: &Path,
+    dir: &Path,
+) -> (steward_testbed::s3::MotoServer, std::path::PathBuf) {
+    let moto = steward_testbed::s3::MotoServer::start().unwrap();
+    moto.create_bucket("bench").unwrap();
+    let options = moto.options();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let folder = redis_steward::store::Store::open(
+            &format!("file://{}", bucket.display()),
+            &Default::default(),
+        )
+        .unwrap();
+        let s3 = redis_steward::store::Store::open("s3://bench/ds", &options).unwrap();
+        for o in folder.list("backup/").await.unwrap() {
+            let body = folder.get(&o.path).await.unwrap().unwrap();
+            s3.put(&o.path, body).await.unwrap();
+        }
+    });
+    let s3_config = dir.join("s3.toml");
+    let mut body = std::fs::read_to_string(config).unwrap().replace(
+        &format!("url = \"file://{}\"", bucket.display()),
+        "url = \"s3://bench/ds\"",
+    );
+    body += "\n[backup.options]\n";
+    for (k, v) in &options {
+        body += &format!("{k} = \"{v}\"\n");
+    }
+    std::fs::write(&s3_config, body).unwrap();
+    (moto, s3_config)
+}
+
 /// Kill a redis-server started by [`serve_and_time`] with its whole process group: killing
 /// redis alone leaves a running AOF rewrite (a forked child) behind, loading the machine for
 /// the next round, and SIGTERM is refused while redis writes its first AOF after a sync.
@@ -133,34 +175,7 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
     let config = tmp.path().join("folder.toml");
     std::fs::copy(&agent.config_path, &config).unwrap();
 
-    // The same objects on the S3 server, under the same names.
-    let moto = steward_testbed::s3::MotoServer::start().unwrap();
-    moto.create_bucket("bench").unwrap();
-    let options = moto.options();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let folder = redis_steward::store::Store::open(
-            &format!("file://{}", bucket.display()),
-            &Default::default(),
-        )
-        .unwrap();
-        let s3 = redis_steward::store::Store::open("s3://bench/ds", &options).unwrap();
-        for o in folder.list("backup/").await.unwrap() {
-            let body = folder.get(&o.path).await.unwrap().unwrap();
-            s3.put(&o.path, body).await.unwrap();
-        }
-    });
-    let s3_config = tmp.path().join("s3.toml");
-    let mut body = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("url = \"file://{}\"", bucket.display()),
-        "url = \"s3://bench/ds\"",
-    );
-    body += "\n[backup.options]\n";
-    for (k, v) in &options {
-        body += &format!("{k} = \"{v}\"\n");
-    }
-    std::fs::write(&s3_config, body).unwrap();
+    let (_moto, s3_config) = copy_to_s3(&bucket, &config, tmp.path());
 
     // Rounds, interleaved so that a busy moment hits every kind alike; medians reported.
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
@@ -243,5 +258,82 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
         s3_total.as_secs_f64() / limit.as_secs_f64(),
         limit.as_secs_f64(),
         full_sync.as_secs_f64(),
+    );
+}
+
+#[test]
+#[ignore = "benchmark: run by hand, see the module doc"]
+fn restore_of_a_chain_of_many_segments() {
+    let segments: usize = env_or("BENCH_SEGMENTS", 1000);
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let agent = agent_with_backups_extra(&bucket, &key, "wal_interval_ms = 100\n");
+    wait_snapshot(&agent, 0);
+    let writer = TimedWriter::start(node_client(&agent), "w");
+    let count = || {
+        objects(&bucket)
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("/wal/"))
+            .count()
+    };
+    let bound = Duration::from_secs(60 + segments as u64 / 2);
+    let enough = wait_for(bound, Duration::from_secs(1), || {
+        (count() >= segments).then_some(())
+    });
+    let writes = writer.finish();
+    assert!(enough.is_some(), "only {} segments in {bound:?}", count());
+    wait_wal(&agent);
+    agent.stop().unwrap();
+    let (n, stored) = (
+        count(),
+        objects(&bucket)
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum::<u64>(),
+    );
+    let config = tmp.path().join("folder.toml");
+    std::fs::copy(&agent.config_path, &config).unwrap();
+    let (moto, s3_config) = copy_to_s3(&bucket, &config, tmp.path());
+    // The same server as if across a network: each answer held BENCH_LATENCY_MS.
+    let latency_ms: u64 = env_or("BENCH_LATENCY_MS", 20);
+    let proxy = steward_testbed::latency_proxy::LatencyProxy::start(
+        ([127, 0, 0, 1], moto.port).into(),
+        Duration::from_millis(latency_ms),
+    )
+    .unwrap();
+    let far_config = tmp.path().join("s3-far.toml");
+    let body = std::fs::read_to_string(&s3_config).unwrap().replace(
+        &format!("127.0.0.1:{}", moto.port),
+        &format!("127.0.0.1:{}", proxy.port),
+    );
+    std::fs::write(&far_config, body).unwrap();
+
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let (mut folder, mut s3, mut far) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for (cfg, out) in [
+            (&config, &mut folder),
+            (&s3_config, &mut s3),
+            (&far_config, &mut far),
+        ] {
+            let dir = tmp.path().join(format!("restored-{round}"));
+            out.push(restore_into(cfg, &dir));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    eprintln!(
+        "RESULT restore of a chain of {n} segments ({} writes, {:.0} KiB stored; median of \
+         {rounds}): local folder {:.2} s, S3 server {:.2} s, S3 server {latency_ms} ms away \
+         {:.2} s",
+        writes.len(),
+        stored as f64 / 1024.0,
+        median(folder),
+        median(s3),
+        median(far),
     );
 }
