@@ -250,12 +250,15 @@ impl Cluster {
 
     pub fn writable_primaries(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i]
-                    .status()
-                    .is_some_and(|s| s["role"] == "primary" && s["cluster"]["writable"] == true)
-            })
+            .filter(|&i| self.is_writable_primary(i))
             .collect()
+    }
+
+    /// Whether node i's agent says it is the writable primary.
+    pub fn is_writable_primary(&self, i: usize) -> bool {
+        self.nodes[i]
+            .status()
+            .is_some_and(|s| s["role"] == "primary" && s["cluster"]["writable"] == true)
     }
 
     pub fn epoch(&self, i: usize) -> Option<u64> {
@@ -328,16 +331,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// The redis-cli line for node i, run from the client host.
+    /// The redis-cli line for node i, run from the client host. Bounded at 15 s (a busy
+    /// machine can take seconds for a process start and a TLS handshake): empty on timeout.
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
-        self.cli_from(self.client, &self.node_ip(i).to_string(), args)
+        self.cli_within(i, Duration::from_secs(15), args)
     }
 
-    /// redis-cli run on host `from` against `ip` (e.g. 127.0.0.1 on a cut-off node), with a
-    /// 2-second limit: a paused (fenced) write never answers.
-    pub fn cli_from(&self, from: usize, ip: &str, args: &[&str]) -> String {
+    /// As [`Cluster::cli`], killed after `limit`.
+    pub fn cli_within(&self, i: usize, limit: Duration, args: &[&str]) -> String {
+        let ip = self.node_ip(i).to_string();
+        self.cli_from(self.client, &ip, limit, args)
+    }
+
+    /// redis-cli run on host `from` against `ip` (e.g. 127.0.0.1 on a cut-off node), killed
+    /// after `limit` (a paused, fenced write never answers): empty output then.
+    pub fn cli_from(&self, from: usize, ip: &str, limit: Duration, args: &[&str]) -> String {
         let mut c = self.bed.host(from).command("timeout");
-        c.args(["2", "redis-cli"]);
+        c.arg(format!("{}", limit.as_secs_f64())).arg("redis-cli");
         let out = self
             .with_redis_cli_args(c, ip)
             .args(args)
@@ -421,7 +431,16 @@ impl Checkers {
                 // Bounded: at most 10 minutes of monitoring.
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600)
                 {
-                    if c.writable_primaries().len() > 1 {
+                    // Statuses are read one after another, each as of the agent's last tick: a
+                    // handover can look like two primaries in one scan if this thread stalls
+                    // between reads. A real overlap shows again when read in the other order.
+                    let twice = c.writable_primaries().len() > 1
+                        && (0..c.nodes.len())
+                            .rev()
+                            .filter(|&i| c.is_writable_primary(i))
+                            .count()
+                            > 1;
+                    if twice {
                         report
                             .lock()
                             .unwrap()
@@ -537,15 +556,24 @@ impl Cluster {
         let keys: Vec<String> = keys.iter().map(|i| format!("k{i}")).collect();
         let mut missing = Vec::new();
         for chunk in keys.chunks(500) {
-            let mut args = vec!["MGET"];
+            // CSV: one line, NULL for a missing key, so a probe that got no answer (a timeout)
+            // is told apart from lost data. Retried a few times.
+            let mut args = vec!["--csv", "MGET"];
             args.extend(chunk.iter().map(String::as_str));
-            let out = self.cli(p, &args);
-            let values: Vec<&str> = out.lines().collect();
-            for (k, v) in chunk
-                .iter()
-                .zip(values.iter().chain(std::iter::repeat(&"")))
-            {
-                if v.is_empty() {
+            let mut answer = None;
+            for _ in 0..3 {
+                let out = self.cli(p, &args);
+                let values: Vec<String> = out.split(',').map(str::to_string).collect();
+                if values.len() == chunk.len() {
+                    answer = Some(values);
+                    break;
+                }
+                eprintln!("MGET on node {p} gave no full answer, retrying: {out:?}");
+            }
+            let values =
+                answer.unwrap_or_else(|| panic!("node {p} did not answer MGET three times"));
+            for (k, v) in chunk.iter().zip(values) {
+                if v == "NULL" {
                     missing.push(k[1..].parse().unwrap());
                 }
             }

@@ -149,12 +149,13 @@ impl Deployment for Cluster {
                 )
             })
             .chain((0..self.nodes.len()).map(|i| {
+                let limit = Duration::from_secs(2);
                 // A write from the client host and one over the node's own loopback: tells a
                 // paused primary from an unreachable one.
                 format!(
                     "node-{i}: SET from the client host: {:?}; over its loopback: {:?}",
-                    self.cli(i, &["SET", "__diag__", "1"]),
-                    self.cli_from(i, "127.0.0.1", &["SET", "__diag__", "1"]),
+                    self.cli_within(i, limit, &["SET", "__diag__", "1"]),
+                    self.cli_from(i, "127.0.0.1", limit, &["SET", "__diag__", "1"]),
                 )
             }))
             .collect();

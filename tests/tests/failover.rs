@@ -29,7 +29,7 @@ fn settle_and_check(c: &Cluster, report: &Report) {
 
 fn kill_primary_node(plan: &str) {
     let c = Arc::new(Cluster::start(plan).unwrap());
-    let old = c.primary().unwrap();
+    let old = c.wait_settled(Duration::from_secs(60)).unwrap();
     let epoch = c.epoch(old).unwrap();
     let checkers = c.start_checkers();
     assert!(
@@ -124,7 +124,7 @@ fn assert_stable(c: &Cluster, primary: usize, epoch: u64, dur: Duration, what: &
 #[test]
 fn a_crashed_redis_on_the_primary_is_repaired_without_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
-    let p = c.primary().unwrap();
+    let p = c.wait_settled(Duration::from_secs(60)).unwrap();
     let epoch = c.epoch(p).unwrap();
     let checkers = c.start_checkers();
     assert!(checkers.wait_more_acks(30, Duration::from_secs(20)));
@@ -149,7 +149,7 @@ fn a_crashed_redis_on_the_primary_is_repaired_without_failover() {
 #[test]
 fn a_dead_agent_takes_its_redis_down_and_triggers_failover() {
     let c = Arc::new(Cluster::start("premium").unwrap());
-    let old = c.primary().unwrap();
+    let old = c.wait_settled(Duration::from_secs(60)).unwrap();
     let checkers = c.start_checkers();
     assert!(checkers.wait_more_acks(30, Duration::from_secs(20)));
     c.nodes[old].signal(libc::SIGKILL);
@@ -166,7 +166,7 @@ fn a_dead_agent_takes_its_redis_down_and_triggers_failover() {
 #[test]
 fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
     let c = Arc::new(Cluster::start("premium").unwrap());
-    let old = c.primary().unwrap();
+    let old = c.wait_settled(Duration::from_secs(60)).unwrap();
     let checkers = c.start_checkers();
     assert!(checkers.wait_more_acks(30, Duration::from_secs(20)));
     c.bed.isolate(old).unwrap();
@@ -190,12 +190,13 @@ fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
     // Its redis takes no customer writes while cut off (the write waits, never answering OK).
     let nodes_old = c.nodes[old].status().unwrap();
     assert_eq!(nodes_old["role"], "fenced", "{nodes_old}");
+    let secs = Duration::from_secs;
     assert_ne!(
-        c.cli_from(old, "127.0.0.1", &["SET", "split-brain", "1"]),
+        c.cli_from(old, "127.0.0.1", secs(2), &["SET", "split-brain", "1"]),
         "OK"
     );
     assert!(c
-        .cli_from(old, "127.0.0.1", &["CLIENT", "UNPAUSE"])
+        .cli_from(old, "127.0.0.1", secs(15), &["CLIENT", "UNPAUSE"])
         .contains("NOPERM"));
     assert!(checkers.wait_more_acks(30, Duration::from_secs(20)));
     c.bed.heal(old).unwrap();
@@ -224,7 +225,7 @@ fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
 #[test]
 fn losing_one_replica_changes_nothing() {
     let c = Arc::new(Cluster::start("premium").unwrap());
-    let p = c.primary().unwrap();
+    let p = c.wait_settled(Duration::from_secs(60)).unwrap();
     let epoch = c.epoch(p).unwrap();
     let replica = (p + 1) % 3;
     let checkers = c.start_checkers();
@@ -275,7 +276,7 @@ fn thirty_percent_packet_loss_causes_no_failover() {
 fn forged_gossip_during_a_failover_is_ignored() {
     use std::net::UdpSocket;
     let c = Arc::new(Cluster::start("premium").unwrap());
-    let old = c.primary().unwrap();
+    let old = c.wait_settled(Duration::from_secs(60)).unwrap();
     let epoch = c.epoch(old).unwrap();
     let client = c.bed.hosts().len() - 1;
     let targets: Vec<String> = (0..3)

@@ -134,9 +134,10 @@ fn root_snapshot() -> (BTreeSet<String>, String, String) {
         .lines()
         .filter_map(|line| line.split(':').nth(1).map(|name| name.trim().to_owned()))
         .collect();
+    // Brief form: no address lifetimes, which count down on a host with a DHCP address.
     (
         links,
-        ip(&["-4", "-o", "addr", "show"]),
+        ip(&["-4", "-br", "addr", "show"]),
         ip(&["-4", "route", "show"]),
     )
 }

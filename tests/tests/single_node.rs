@@ -98,7 +98,8 @@ fn customers_reach_redis_over_tls_only_with_everyday_commands() {
             }
         }
     });
-    let delivered = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+    // Bounded generously: a redis-cli start, a TLS handshake and SUBSCRIBE on a busy machine.
+    let delivered = wait_for(Duration::from_secs(15), Duration::from_millis(50), || {
         (a.cmd(&["PUBLISH", "news", "hi"]) == "1").then_some(())
     });
     let mut seen = Vec::new();
@@ -329,8 +330,19 @@ fn a_crashed_redis_is_restarted_with_its_fsynced_writes() {
     for i in 0..200 {
         assert_eq!(a.cmd(&["SET", &format!("k{i}"), &i.to_string()]), "OK");
     }
-    // appendfsync everysec: after two seconds every write above is on disk.
-    std::thread::sleep(Duration::from_secs(2));
+    // Killing redis loses only what it had not written to the AOF (the page cache survives
+    // the process). With appendfsync everysec redis may hold writes back up to 2 s while a
+    // fsync runs, so wait (bounded) until the last one is in the file rather than sleep.
+    let aof_dir = a.data_dir().join("appendonlydir");
+    let written = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        std::fs::read_dir(&aof_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".incr.aof"))
+            .any(|e| std::fs::read(e.path()).is_ok_and(|b| b.windows(4).any(|w| w == b"k199")))
+            .then_some(())
+    });
+    assert!(written.is_some(), "k199 never reached the AOF");
     let pid = a.redis_pid().unwrap();
     let t0 = Instant::now();
     // SAFETY: kill(2) of the redis-server this test's agent started.

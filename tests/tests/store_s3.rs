@@ -28,7 +28,19 @@ async fn an_unreachable_store_times_out_with_a_clear_error() {
         e.contains("s3://steward/x") && e.contains("lease/1") && e.contains("timed out"),
         "{e}"
     );
-    assert_eq!(store.get("lease/1").await.unwrap(), None);
+    // The same store works again once the server is back (a just-resumed server may take
+    // longer than the 500 ms limit for its first answers on a busy machine: a few tries).
+    let mut last = None;
+    for _ in 0..20 {
+        match store.get("lease/1").await {
+            Ok(got) => {
+                last = Some(Ok(got));
+                break;
+            }
+            Err(e) => last = Some(Err(e.to_string())),
+        }
+    }
+    assert_eq!(last, Some(Ok(None)));
 }
 
 /// The two-node lease protocol against the S3 server: exactly one of two racing nodes gets

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use steward_testbed::cluster::{Cluster, Options};
-use steward_testbed::node::agent_bin;
+use steward_testbed::node::{agent_bin, wait_for};
 
 /// `redis-steward switchover …` run on node `from` against its own agent.
 fn switchover(c: &Cluster, from: usize, args: &[&str]) -> Output {
@@ -59,7 +59,7 @@ fn planned_switchover_loses_nothing(plan: &str) {
         )
         .unwrap(),
     );
-    let old = c.primary().unwrap();
+    let old = c.wait_settled(Duration::from_secs(60)).unwrap();
     let n = c.nodes.len();
     let target = (old + 1) % n;
     let asker = (old + n - 1) % n; // any node can ask; with two nodes it is the target
@@ -76,7 +76,7 @@ fn planned_switchover_loses_nothing(plan: &str) {
         .bed
         .host(client)
         .command("timeout")
-        .args(["30", "redis-cli", "--tls", "--cacert"])
+        .args(["120", "redis-cli", "--tls", "--cacert"])
         .arg(c.ca_file())
         .args(["-h", &c.bed.host(old).ip.to_string(), "-p", "6380"])
         .args(["-a", steward_testbed::node::PASSWORD, "--no-auth-warning"])
@@ -101,10 +101,9 @@ fn planned_switchover_loses_nothing(plan: &str) {
     );
     assert_eq!(c.primary(), Some(target));
     assert!(c.epoch(target).unwrap() > epoch);
-    let dropped =
-        steward_testbed::node::wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
-            parked.try_wait().unwrap()
-        });
+    let dropped = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+        parked.try_wait().unwrap()
+    });
     let _ = parked.kill();
     // `timeout` exits 124 when it had to end redis-cli itself.
     assert!(
@@ -165,7 +164,7 @@ fn business_switchover_loses_no_write() {
 #[test]
 fn switchover_refusals_say_why() {
     let c = Cluster::start("premium").unwrap();
-    let p = c.primary().unwrap();
+    let p = c.wait_settled(Duration::from_secs(60)).unwrap();
     let epoch = c.epoch(p).unwrap();
     let replica = (p + 1) % 3;
 
@@ -186,7 +185,19 @@ fn switchover_refusals_say_why() {
 
     // A replica cut off from everyone cannot take over.
     c.bed.isolate(replica).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Until the primary has not heard from it for the failover timeout (750 ms by default):
+    // from then on the primary refuses it.
+    let name = format!("node-{replica}");
+    let unheard = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+        let st = c.nodes[p].status()?;
+        let m = st["cluster"]["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name.as_str())?
+            .clone();
+        (m["alive"] == false || m["last_heard_ms"].as_u64()? >= 1000).then_some(())
+    });
+    assert!(unheard.is_some(), "{:?}", c.nodes[p].status());
     let out = switchover(&c, p, &["--to", &format!("node-{replica}")]);
     assert!(!out.status.success());
     assert!(text(&out).contains("is not reachable"), "{}", text(&out));
@@ -194,10 +205,9 @@ fn switchover_refusals_say_why() {
 
     // The refusals changed nothing: the same primary (the isolated replica may have run for
     // a newer epoch meanwhile, which the primary answers by re-electing itself).
-    let still =
-        steward_testbed::node::wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
-            (c.primary() == Some(p)).then_some(())
-        });
+    let still = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+        (c.primary() == Some(p)).then_some(())
+    });
     assert!(still.is_some(), "primary moved; logs:\n{}", c.logs());
     assert!(c.epoch(p).unwrap() >= epoch);
 }
