@@ -349,10 +349,19 @@ pub fn present(
     let mut out = std::collections::BTreeSet::new();
     for chunk in ns.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|n| format!("{prefix}{n}")).collect();
-        // CSV: one line, NULL for a missing key (plain output drops trailing nils).
+        // CSV: one line, NULL for a missing key (plain output drops trailing nils), so a probe
+        // that got no answer (e.g. a timed-out redis-cli) is told apart from missing keys;
+        // such a probe is retried a few times.
         let mut args = vec!["--csv", "MGET"];
         args.extend(keys.iter().map(String::as_str));
-        let reply = cmd(&args);
+        let mut reply = String::new();
+        for _ in 0..3 {
+            reply = cmd(&args);
+            if reply.trim().split(',').count() == chunk.len() {
+                break;
+            }
+            eprintln!("MGET gave no full answer, retrying: {reply:?}");
+        }
         let values: Vec<&str> = reply.trim().split(',').collect();
         assert_eq!(values.len(), chunk.len(), "MGET answered: {reply}");
         for (n, v) in chunk.iter().zip(values) {

@@ -553,31 +553,8 @@ impl Cluster {
             Ok(p) => p,
             Err(_) => return keys.iter().copied().collect(),
         };
-        let keys: Vec<String> = keys.iter().map(|i| format!("k{i}")).collect();
-        let mut missing = Vec::new();
-        for chunk in keys.chunks(500) {
-            // CSV: one line, NULL for a missing key, so a probe that got no answer (a timeout)
-            // is told apart from lost data. Retried a few times.
-            let mut args = vec!["--csv", "MGET"];
-            args.extend(chunk.iter().map(String::as_str));
-            let mut answer = None;
-            for _ in 0..3 {
-                let out = self.cli(p, &args);
-                let values: Vec<String> = out.split(',').map(str::to_string).collect();
-                if values.len() == chunk.len() {
-                    answer = Some(values);
-                    break;
-                }
-                eprintln!("MGET on node {p} gave no full answer, retrying: {out:?}");
-            }
-            let values =
-                answer.unwrap_or_else(|| panic!("node {p} did not answer MGET three times"));
-            for (k, v) in chunk.iter().zip(values) {
-                if v == "NULL" {
-                    missing.push(k[1..].parse().unwrap());
-                }
-            }
-        }
-        missing
+        let keys: Vec<u64> = keys.iter().copied().collect();
+        let have = crate::backups::present(&keys, "k", |args| self.cli(p, args));
+        keys.into_iter().filter(|k| !have.contains(k)).collect()
     }
 }
