@@ -60,7 +60,6 @@ impl FetchAhead {
     /// The next object in order, with its path; `None` after the last. An error (the object
     /// is missing, the store failed) names the object; later objects still come.
     pub async fn next(&mut self) -> Option<(String, Result<Fetched>)> {
-        self.fill();
         let (path, size, fetched) = self.in_flight.next().await?;
         if size <= WHOLE_MAX {
             self.held -= size;
