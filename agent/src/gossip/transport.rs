@@ -675,11 +675,22 @@ mod tests {
     }
 
     /// A free 127.0.0.1 port (bound then released). Used for both networks, so the real-UDP
-    /// tests never collide with fixed ports used elsewhere.
+    /// tests never collide with fixed ports used elsewhere. Never the same port twice in this
+    /// process: the kernel may hand a released port out again at once, and a test's addresses
+    /// must differ.
     fn free_addr() -> SocketAddr {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|socket| socket.local_addr())
-            .expect("reserve a loopback UDP port")
+        static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..1000 {
+            let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|socket| socket.local_addr())
+                .expect("reserve a loopback UDP port");
+            if !handed_out.contains(&addr.port()) {
+                handed_out.push(addr.port());
+                return addr;
+            }
+        }
+        panic!("no loopback UDP port that was not handed out already in 1000 tries");
     }
 
     /// A SYN whose serialized length is `8 + cluster_id.len()` (empty digest).
