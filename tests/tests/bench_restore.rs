@@ -143,6 +143,12 @@ fn copy_to_s3(
     (moto, s3_config)
 }
 
+/// The middle value of a benchmark's rounds.
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// Kill a redis-server started by [`serve_and_time`] with its whole process group: killing
 /// redis alone leaves a running AOF rewrite (a forked child) behind, loading the machine for
 /// the next round, and SIGTERM is refused while redis writes its first AOF after a sync.
@@ -232,10 +238,6 @@ fn restore_of_a_large_dataset_next_to_a_local_load() {
     kill(replica);
     kill(primary);
 
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
     let limit = median(limits);
     let (folder_restore, folder_total) = (
         median(folder.iter().map(|x| x.0).collect()),
@@ -322,18 +324,14 @@ fn restore_of_a_chain_of_many_segments() {
             std::fs::remove_dir_all(&dir).unwrap();
         }
     }
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2].as_secs_f64()
-    };
     eprintln!(
         "RESULT restore of a chain of {n} segments ({} writes, {:.0} KiB stored; median of \
          {rounds}): local folder {:.2} s, S3 server {:.2} s, S3 server {latency_ms} ms away \
          {:.2} s",
         writes.len(),
         stored as f64 / 1024.0,
-        median(folder),
-        median(s3),
-        median(far),
+        median(folder).as_secs_f64(),
+        median(s3).as_secs_f64(),
+        median(far).as_secs_f64(),
     );
 }
