@@ -148,6 +148,9 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// The fence guard the agent starts beside itself (internal; see ARCHITECTURE.md).
+    #[command(hide = true)]
+    FenceGuard,
     /// Write a new random 32-byte data-store key (hex, mode 0600), e.g. the gossip key that
     /// every node of an HA data store shares. Refuses to overwrite an existing file.
     Keygen {
@@ -417,6 +420,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::FenceGuard => crate::fence_guard::run_guard(),
         Cmd::Keygen { path } => {
             if path.exists() {
                 anyhow::bail!("{} exists; not overwriting a key", path.display());

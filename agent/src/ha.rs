@@ -11,6 +11,7 @@ use crate::config::ClusterNode;
 use crate::election::{
     self, Action, Durable, Event, LeaseResult, NodeId, PeerView, PublishedState,
 };
+use crate::fence_guard::{FenceGuard, Fenced, GuardError, GuardSpec};
 use crate::gossip::cluster::{Gossip, Member};
 use crate::redis_client::{self, Info};
 use crate::redis_conf::{
@@ -146,6 +147,8 @@ pub fn spawn(
 ) -> Result<(HaHandle, mpsc::Sender<HaCommand>)> {
     let durable = load_durable(&cfg.durable_path)?;
     let (command_tx, command_rx) = mpsc::channel(8);
+    // Read before `start`, so deadlines converted from the election's clock err early.
+    let start_mono_ns = crate::fence_guard::monotonic_ns();
     let start = Instant::now();
     let node =
         election::Node::new(cfg.election.clone(), durable, 0).context("election settings")?;
@@ -155,12 +158,27 @@ pub fn spawn(
         crate::actor::ActorHandle::spawn(HaStatus::default(), move |status, shutdown| async move {
             let admin =
                 redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
+            let guard = match FenceGuard::spawn(GuardSpec {
+                socket: cfg.socket.clone(),
+                user: cfg.admin_user.clone(),
+                password: cfg.admin_password.clone(),
+                action_latency_ms: cfg.election.timing.action_latency_ms,
+            }) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    // Without a guard, writes would depend on this agent being scheduled.
+                    error!("cannot start the fence guard: {e:#}; stopping the agent to stay safe");
+                    std::process::exit(1);
+                }
+            };
             let mut shell = Shell {
                 cfg,
                 node,
                 gossip,
                 start,
+                start_mono_ns,
                 admin,
+                guard,
                 desired: Desired::default(),
                 applied_pid: None,
                 redis_healthy: false,
@@ -181,6 +199,8 @@ struct Desired {
     /// None: not decided yet (redis stays the read-only replica it starts as).
     role: Option<RedisRole>,
     fenced: bool,
+    /// The deadline of the last `Unfence` (the election's clock).
+    write_until: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,7 +222,11 @@ struct Shell {
     node: election::Node,
     gossip: Gossip,
     start: Instant,
+    /// `CLOCK_MONOTONIC` at `start`, which the fence guard's deadlines are expressed in.
+    start_mono_ns: u64,
     admin: redis_client::AdminLink,
+    /// Closes writes at the election's deadlines even while this loop does not run.
+    guard: FenceGuard,
     desired: Desired,
     /// The redis pid the desired state was last applied to.
     applied_pid: Option<u32>,
@@ -220,6 +244,14 @@ struct Shell {
 impl Shell {
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// An election deadline as the guard's clock reads it (`None`: no deadline).
+    fn deadline_ns(&self, until_ms: u64) -> Option<u64> {
+        (until_ms != u64::MAX).then(|| {
+            self.start_mono_ns
+                .saturating_add(until_ms.saturating_mul(1_000_000))
+        })
     }
 
     async fn run(
@@ -372,6 +404,12 @@ impl Shell {
             // election asked for.
             self.admin.reset();
             self.applied_pid = state.pid;
+            if let Some(pid) = state.pid {
+                if let Err(e) = self.guard.set_redis_pid(pid).await {
+                    warn!("cannot tell the fence guard redis's pid: {e}");
+                    self.restart_guard().await;
+                }
+            }
             if let Err(e) = self.apply_desired().await {
                 warn!("cannot restore redis's role after its restart: {e:#}");
                 self.applied_pid = None;
@@ -646,9 +684,10 @@ impl Shell {
                 self.desired.fenced = true;
                 self.fence().await;
             }
-            Action::Unfence => {
+            Action::Unfence { until } => {
                 self.desired.fenced = false;
-                self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+                self.desired.write_until = until;
+                self.open_writes().await;
             }
             Action::PollLease {
                 from_epoch,
@@ -665,15 +704,39 @@ impl Shell {
         Ok(())
     }
 
-    /// Stop writes within the action latency, or kill redis: it restarts as a read-only replica.
+    /// Stop writes within the action latency (through the guard, which also forgets its
+    /// deadline), or kill redis: it restarts as a read-only replica.
     async fn fence(&mut self) {
+        let latency = Duration::from_millis(self.cfg.election.timing.action_latency_ms);
+        let outcome = self.guard.fence(latency).await;
+        match outcome {
+            Ok(Fenced::Paused | Fenced::Down) => return,
+            Ok(Fenced::Killed) => {
+                error!("redis did not pause writes in time; the fence guard killed it so it restarts read-only");
+                self.applied_pid = None;
+                return;
+            }
+            Err(GuardError::Gone) => {
+                // A dead guard sends nothing more: pausing ourselves cannot be undone by it.
+                warn!("the fence guard is gone; fencing directly and starting a new one");
+                self.pause_or_kill(latency).await;
+            }
+            Err(e @ GuardError::TimedOut(_)) => {
+                // A hung guard may still carry out an open it was sent before: only a dead
+                // redis is sure to take no writes.
+                error!("{e}; killing redis so it restarts read-only");
+                self.kill_redis();
+            }
+        }
+        self.restart_guard().await;
+    }
+
+    async fn pause_or_kill(&mut self, latency: Duration) {
         if self.applied_pid.is_none() {
-            // No redis we have configured is running: it starts read-only, and `apply_desired`
+            // No redis we configured is running: it starts read-only, and `apply_desired`
             // fences it before promoting it.
-            debug!("fence recorded; redis is not up yet");
             return;
         }
-        let latency = Duration::from_millis(self.cfg.election.timing.action_latency_ms);
         let mut pause = redis::cmd("CLIENT");
         pause.arg("PAUSE").arg(FENCE_PAUSE_MS).arg("WRITE");
         match tokio::time::timeout(latency, self.admin_cmd(&mut pause)).await {
@@ -683,12 +746,40 @@ impl Shell {
                     ?outcome,
                     "cannot fence redis in time; killing it so it restarts read-only"
                 );
-                if let Some(pid) = self.applied_pid {
-                    // SAFETY: kill(2) of our own redis child.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
-                self.applied_pid = None;
+                self.kill_redis();
             }
+        }
+    }
+
+    fn kill_redis(&mut self) {
+        if let Some(pid) = self.applied_pid.take() {
+            // SAFETY: kill(2) of our own redis child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// Replaces a dead or hung guard. The new one starts by pausing writes, so a writable
+    /// primary hands it the current deadline again.
+    async fn restart_guard(&mut self) {
+        if let Err(e) = self.guard.restart() {
+            error!("cannot restart the fence guard: {e:#}; stopping the agent to stay safe");
+            std::process::exit(1);
+        }
+        let primary = matches!(self.desired.role, Some(RedisRole::Primary { .. }));
+        if primary && !self.desired.fenced {
+            let until = self.deadline_ns(self.desired.write_until);
+            if let Err(e) = self.guard.open(until).await {
+                warn!("the new fence guard did not take the write deadline: {e}");
+            }
+        }
+    }
+
+    /// Hands the guard the current write deadline; it opens writes only before it.
+    async fn open_writes(&mut self) {
+        let until = self.deadline_ns(self.desired.write_until);
+        if let Err(e) = self.guard.open(until).await {
+            warn!("the fence guard did not take the write deadline: {e}");
+            self.restart_guard().await;
         }
     }
 
@@ -706,7 +797,7 @@ impl Shell {
                 self.promote(epoch).await?;
                 if writable {
                     self.desired.fenced = false;
-                    self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
+                    self.open_writes().await;
                 }
             }
             Some(RedisRole::Replica { host, port, epoch }) => {

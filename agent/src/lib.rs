@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod election;
+pub mod fence_guard;
 pub mod fetch_ahead;
 pub mod firewall;
 pub mod gossip;

@@ -25,6 +25,10 @@ pub struct Timing {
     /// The longest the shell may take to carry out `Fence` (`CLIENT PAUSE`); past it, the shell
     /// must kill redis instead.
     pub action_latency_ms: u64,
+    /// How late the fence guard may wake up after an `Unfence` deadline, before it starts
+    /// fencing (which then takes up to `action_latency_ms`). The guard is a separate small
+    /// process, so this bound holds while the agent itself is paused or starved.
+    pub guard_slack_ms: u64,
     /// The largest rate error of any node's monotonic clock, in parts per million.
     pub max_clock_drift_ppm: u64,
     /// A primary that is alive but does not serve (redis down, or fenced) keeps its voters'
@@ -49,6 +53,7 @@ impl Default for Timing {
             failover_timeout_ms: 750,
             fence_after_ms: 500,
             action_latency_ms: 100,
+            guard_slack_ms: 20,
             max_clock_drift_ppm: 10_000,
             primary_grace_ms: 2_000,
             election_timeout_ms: 400,
@@ -71,18 +76,22 @@ pub enum ElectionConfigError {
         why: String,
     },
     #[error(
-        "election timing `fence_after_ms` ({fence_after_ms}) + `tick_ms` ({tick_ms}) + \
+        "election timing `fence_after_ms` ({fence_after_ms}) + `{late_key}` ({late_ms}) + \
          `action_latency_ms` ({action_latency_ms}), allowing {max_clock_drift_ppm} ppm of clock \
-         drift, must end before `{key}` ({limit_ms}): an isolated primary must stop taking \
-         writes before anyone can replace it"
+         drift, must end before `{key}` ({limit_ms}): {who} must stop taking writes before \
+         anyone can replace it"
     )]
     FenceNotBeforeTakeover {
         key: &'static str,
         limit_ms: u64,
         fence_after_ms: u64,
-        tick_ms: u64,
+        /// `tick_ms` (the agent fences on its next tick) or `guard_slack_ms` (the fence guard
+        /// fences a primary whose agent is paused).
+        late_key: &'static str,
+        late_ms: u64,
         action_latency_ms: u64,
         max_clock_drift_ppm: u64,
+        who: &'static str,
     },
     #[error("election `voters` is empty")]
     NoVoters,
@@ -119,8 +128,22 @@ impl Timing {
                 "must be below 100000 (10 %); a clock that bad breaks every timeout".into(),
             );
         }
-        self.fence_before("failover_timeout_ms", self.failover_timeout_ms)?;
-        self.fence_before("lease_ttl_ms", self.lease_ttl_ms)?;
+        // Two ways a primary stops taking writes, both before anyone can replace it: its
+        // agent fences on the first tick past the bound, and its fence guard at the deadline
+        // itself even while the agent does not run at all.
+        for (key, limit) in [
+            ("failover_timeout_ms", self.failover_timeout_ms),
+            ("lease_ttl_ms", self.lease_ttl_ms),
+        ] {
+            self.fence_before(key, limit, "tick_ms", self.tick_ms, "an isolated primary")?;
+            self.fence_before(
+                key,
+                limit,
+                "guard_slack_ms",
+                self.guard_slack_ms,
+                "a primary whose agent is paused",
+            )?;
+        }
         // An acknowledgement travels primary → voter → primary through gossip and waits for a
         // tick at each end; a shorter bound would fence a healthy primary.
         let round_trip = 2 * (self.gossip_interval_ms + self.tick_ms);
@@ -163,17 +186,25 @@ impl Timing {
     }
 
     /// The longest an isolated primary may keep taking writes after the newest acknowledgement
-    /// (or lease renewal) it relies on was sent, measured on its own clock.
+    /// (or lease renewal) it relies on was sent, measured on its own clock: its agent fences
+    /// on a tick, its guard (when the agent does not run) after `guard_slack_ms`.
     pub fn fence_bound_ms(&self) -> u64 {
-        self.fence_after_ms + self.tick_ms + self.action_latency_ms
+        self.fence_after_ms + self.tick_ms.max(self.guard_slack_ms) + self.action_latency_ms
     }
 
-    /// `(F + tick) / (1 − ρ) + latency ≤ limit / (1 + ρ)`: the primary's own clock may run slow
+    /// `(F + late) / (1 − ρ) + latency ≤ limit / (1 + ρ)`: the primary's own clock may run slow
     /// and the replacing node's fast, and the shell may take `action_latency_ms` to fence.
     /// Multiplied out by (1 − ρ)(1 + ρ) and 10¹² to stay in integers.
-    fn fence_before(&self, key: &'static str, limit_ms: u64) -> Result<(), ElectionConfigError> {
+    fn fence_before(
+        &self,
+        key: &'static str,
+        limit_ms: u64,
+        late_key: &'static str,
+        late_ms: u64,
+        who: &'static str,
+    ) -> Result<(), ElectionConfigError> {
         let r = u128::from(self.max_clock_drift_ppm);
-        let fence = u128::from(self.fence_after_ms + self.tick_ms);
+        let fence = u128::from(self.fence_after_ms + late_ms);
         let lhs =
             fence * (PPM + r) * PPM + u128::from(self.action_latency_ms) * (PPM - r) * (PPM + r);
         let rhs = u128::from(limit_ms) * (PPM - r) * PPM;
@@ -184,9 +215,11 @@ impl Timing {
             key,
             limit_ms,
             fence_after_ms: self.fence_after_ms,
-            tick_ms: self.tick_ms,
+            late_key,
+            late_ms,
             action_latency_ms: self.action_latency_ms,
             max_clock_drift_ppm: self.max_clock_drift_ppm,
+            who,
         })
     }
 }

@@ -29,7 +29,12 @@
 //!   an older epoch again.
 //! * **Primaries check.** A primary takes writes only while a majority of the configured voters
 //!   (itself included) acknowledged one of its heartbeats sent within `fence_after_ms`
-//!   (`fence_after_ms` of its own clock; it compares only its own clock readings).
+//!   (`fence_after_ms` of its own clock; it compares only its own clock readings). That is a
+//!   *deadline* — the newest such heartbeat + `fence_after_ms` — which [`Action::Unfence`]
+//!   carries to the shell, and the shell enforces it by itself: a primary whose agent stops
+//!   running (paused, deadlocked, starved) must stop taking writes at the deadline all the
+//!   same, since its voters go on counting down. A deadline once handed out stays safe, so
+//!   deadlines only ever move later within one unfenced stretch.
 //!
 //! Why no two primaries ever take writes at once: say primary A takes writes at time t and B is
 //! promoted in a newer epoch. A relies on a majority that acknowledged a heartbeat A sent at
@@ -50,6 +55,10 @@
 //!
 //! # Three or more voters: votes
 //!
+//! * **Pre-vote.** Nobody starts a campaign (a new epoch) unless it hears enough live voters,
+//!   within a failover timeout, to make a majority with itself: a node cut off from the
+//!   others cannot win, and every epoch it burned alone would force the healthy side to elect
+//!   again after the heal (raft's pre-vote, read from the gossip every node already has).
 //! * **Trigger.** A replica that has acknowledged no live primary for `failover_timeout_ms`
 //!   first *detaches* its redis from replication ([`Action::Detach`]) and waits for a probe
 //!   showing it, so the position it compares can no longer move. A fenced primary counts as a
@@ -139,6 +148,7 @@
 //! | `failover_timeout_ms`  | 750 ms   | ~7 gossip rounds: dead primary replaced in ~0.9–1.1 s  |
 //! | `fence_after_ms`       | 500 ms   | + tick + latency, with 1 % drift, ends before 750 ms   |
 //! | `action_latency_ms`    | 100 ms   | the shell's budget to apply `CLIENT PAUSE`             |
+//! | `guard_slack_ms`       | 20 ms    | how late the fence guard may wake after a deadline     |
 //! | `max_clock_drift_ppm`  | 10 000   | 1 %; real clocks drift ~100 ppm                        |
 //! | `primary_grace_ms`     | 2 000 ms | a crashed redis restarted within it: no failover       |
 //! | `election_timeout_ms`  | 400 ms   | a vote needs a gossip round trip and two ticks         |
@@ -149,6 +159,9 @@
 //! An isolated primary stops taking writes `fence_after_ms + tick_ms` after sending the newest
 //! heartbeat a majority acknowledged, i.e. about 0.4–0.6 s after it was cut off (≤
 //! [`Timing::fence_bound_ms`] plus a gossip round trip), before anyone else can be elected.
+//! One whose agent has stopped is fenced by the shell's guard `fence_after_ms +
+//! guard_slack_ms` after that heartbeat (plus `action_latency_ms` to apply it); `validate`
+//! checks both paths against `failover_timeout_ms` and `lease_ttl_ms`.
 //!
 //! # What the shell must guarantee
 //!
@@ -156,6 +169,10 @@
 //!
 //! 1. carries out actions in order, making `Persist` durable (write, fsync, rename) before
 //!    anything after it, and applies `Fence` within `action_latency_ms` (else kills redis);
+//!    enforces each `Unfence`'s deadline without this node's help (it fences within
+//!    `guard_slack_ms + action_latency_ms` of the deadline even if the agent never runs
+//!    again) and opens writes only before the deadline (an `Unfence` carried out late opens
+//!    nothing) — `fence_guard` in this agent;
 //! 2. delivers a `RedisProbe` taken after every action it already carried out (after a
 //!    `Detach` in particular), and passes the node's monotonic clock (`tokio::time::Instant`;
 //!    rate within `max_clock_drift_ppm`) with every event;
@@ -398,11 +415,19 @@ pub enum Action {
     /// Stop being primary: stop serving replicas and drop client connections so clients
     /// rediscover the primary. Always preceded by `Fence`.
     Demote,
-    /// Stop accepting writes (`CLIENT PAUSE … WRITE`), within `action_latency_ms`. Also the
-    /// state to restore after redis restarts.
+    /// Stop accepting writes (`CLIENT PAUSE … WRITE`), within `action_latency_ms`, and
+    /// forget any `Unfence` deadline. Also the state to restore after redis restarts.
     Fence,
-    /// Accept writes again (`CLIENT UNPAUSE`).
-    Unfence,
+    /// Accept writes (`CLIENT UNPAUSE`) until `until` (this node's clock, ms; `u64::MAX`:
+    /// no deadline), and stop accepting them then **without the node's help**: the shell
+    /// hands the deadline to something that runs even while the agent is paused, deadlocked
+    /// or starved (the fence guard), which fences at the deadline within
+    /// `guard_slack_ms + action_latency_ms`. Sent again with a later `until` whenever the
+    /// node's acknowledgements (or lease) extend it; a deadline already past is refused, so
+    /// an `Unfence` carried out late never opens writes. Every deadline the node hands out
+    /// stays a safe bound for good (see "Acknowledgements"), so a later, smaller one never
+    /// needs to shorten it: only `Fence` does.
+    Unfence { until: u64 },
     /// Read the lease store from `from_epoch` upwards: GET `lease/{from_epoch+1}`, `+2`, … until
     /// one is missing, then the heartbeat of the highest found. Answer with
     /// [`LeaseResult::Heartbeat`] carrying `asked_at`.

@@ -151,6 +151,8 @@ pub struct Node {
     leader: Option<Leader>,
     /// What the shell was last told; None right after start (so the first step fences).
     fenced: Option<bool>,
+    /// The deadline of the last `Unfence`: writes stop then unless extended.
+    write_until: u64,
     campaign: Option<ActiveCampaign>,
     next_campaign_at: u64,
     attempts: u32,
@@ -211,6 +213,7 @@ impl Node {
             replication: Replication::Unknown,
             leader: None,
             fenced: None,
+            write_until: 0,
             campaign: None,
             next_campaign_at: now_ms,
             attempts: 0,
@@ -264,9 +267,10 @@ impl Node {
         &self.durable
     }
 
-    /// Primary and not fenced.
+    /// Primary, not fenced, and before the deadline of the last `Unfence` (past it the shell's
+    /// guard has fenced redis, whether or not this node has stepped since).
     pub fn is_writable(&self) -> bool {
-        self.primary.is_some() && self.fenced == Some(false)
+        self.primary.is_some() && self.fenced == Some(false) && self.now < self.write_until
     }
 
     /// The epoch this node is primary of, if it is one (writable or fenced).
@@ -338,7 +342,7 @@ impl Node {
             frozen: None,
         });
         self.handed_over = self.handed_over.max(p.epoch);
-        self.set_fenced(true, &mut out);
+        self.fence(&mut out);
         out.note(format!(
             "switchover to {target}: writes paused; handing over as soon as it holds all my data"
         ));
@@ -588,7 +592,7 @@ impl Node {
     fn cycle(&mut self, out: &mut Out) {
         if self.fenced.is_none() {
             // Before anything else: redis may still be a writable primary from before.
-            self.set_fenced(true, out);
+            self.fence(out);
             out.note("starting fenced".into());
         }
         if self.mode == Mode::Single {
@@ -772,13 +776,13 @@ impl Node {
         // whether our primary hands over to it)
         let mut best: Option<(&NodeId, Campaign, bool, bool)> = None;
         for (id, peer) in &self.peers {
-            let (Some(state), Some(heard)) = (&peer.state, peer.heard_at) else {
+            let Some(state) = &peer.state else {
                 continue;
             };
             let Some(c) = state.campaign else {
                 continue;
             };
-            let fresh = peer.alive && now - heard < self.t.failover_timeout_ms;
+            let fresh = self.live(peer);
             let streaming = self.streams_from(id, state);
             let handoff = self.handoff_to(id).is_some_and(|end| c.position >= end);
             if c.epoch <= floor || !fresh || !(streaming || handoff || c.position >= mine) {
@@ -865,8 +869,14 @@ impl Node {
     }
 
     /// Persists a vote for ourselves in a new epoch above every epoch anyone mentioned, and
-    /// publishes the campaign (in the same decision, after the `Persist`).
+    /// publishes the campaign (in the same decision, after the `Persist`) — but only while we
+    /// hear from enough live voters to make a majority with us (raft's pre-vote, from what
+    /// gossip already shows): a node cut off from the others cannot win, and each epoch it
+    /// burned alone would make the healthy side elect again once the partition heals.
     fn start_campaign(&mut self, why: String, out: &mut Out) {
+        if !self.hears_majority() {
+            return;
+        }
         let epoch = self.max_known_epoch() + 1;
         let position = self.position();
         self.durable.vote = Some(self.vote_for_me(epoch));
@@ -907,9 +917,7 @@ impl Node {
     /// A live peer that voted, for someone else, in an epoch above `epoch`.
     fn lagging_voter(&self, epoch: u64) -> Option<(NodeId, u64)> {
         self.peers.iter().find_map(|(id, p)| {
-            let live = p.alive
-                && p.heard_at
-                    .is_some_and(|t| self.now - t < self.t.failover_timeout_ms);
+            let live = self.live(p);
             let vote = p.state.as_ref()?.vote.as_ref()?;
             (live && vote.epoch > epoch && vote.candidate != self.me)
                 .then(|| (id.clone(), vote.epoch))
@@ -1149,7 +1157,7 @@ impl Node {
     }
 
     fn demote(&mut self, why: String, out: &mut Out) {
-        self.set_fenced(true, out);
+        self.fence(out);
         out.act(Action::Demote);
         out.note(format!("demoting: {why}"));
         // A fenced master replicates from nobody: its data holds still until it follows.
@@ -1202,70 +1210,78 @@ impl Node {
         }
     }
 
+    /// Hands the shell the deadline writes are safe until, whenever it moves later, or fences.
     fn apply_fence(&mut self, out: &mut Out) {
-        let writable = self.desired_writable();
-        if self.fenced == Some(!writable) {
+        let Some(until) = self.write_deadline() else {
+            let was_writable = self.fenced == Some(false);
+            self.fence(out);
+            if let (Some(p), true) = (self.primary, was_writable) {
+                out.note(format!(
+                    "fencing: no majority acknowledgement{} within {} ms as primary of epoch {}",
+                    if self.mode == Mode::Lease {
+                        " or lease"
+                    } else {
+                        ""
+                    },
+                    self.t.fence_after_ms,
+                    p.epoch
+                ));
+            }
             return;
-        }
-        self.set_fenced(!writable, out);
-        let note = match (self.primary, writable) {
-            (Some(p), true) => format!("taking writes as primary of epoch {}", p.epoch),
-            (Some(p), false) => format!(
-                "fencing: no majority acknowledgement{} within {} ms as primary of epoch {}",
-                if self.mode == Mode::Lease {
-                    " or lease"
-                } else {
-                    ""
-                },
-                self.t.fence_after_ms,
-                p.epoch
-            ),
-            (None, _) => return,
         };
-        out.note(note);
-    }
-
-    fn set_fenced(&mut self, fenced: bool, out: &mut Out) {
-        if self.fenced != Some(fenced) {
-            out.act(if fenced {
-                Action::Fence
-            } else {
-                Action::Unfence
-            });
-            self.fenced = Some(fenced);
+        let opening = self.fenced != Some(false);
+        if opening || until > self.write_until {
+            out.act(Action::Unfence { until });
+            self.fenced = Some(false);
+            self.write_until = until;
+        }
+        if let (Some(p), true) = (self.primary, opening) {
+            out.note(format!("taking writes as primary of epoch {}", p.epoch));
         }
     }
 
-    /// A primary takes writes while a majority (counting itself) acknowledged one of its
-    /// heartbeats sent within `fence_after_ms`, or, with two nodes, while its lease is valid.
-    fn desired_writable(&self) -> bool {
-        let Some(p) = self.primary else {
-            return false;
-        };
+    fn fence(&mut self, out: &mut Out) {
+        if self.fenced != Some(true) {
+            out.act(Action::Fence);
+            self.fenced = Some(true);
+        }
+    }
+
+    /// Until when (our clock) a primary may take writes, if it may now: a majority (counting
+    /// itself) acknowledged one of its heartbeats sent within `fence_after_ms` of then, or,
+    /// with two nodes, its lease is valid until then.
+    fn write_deadline(&self) -> Option<u64> {
+        let p = self.primary?;
         // A primary that handed over (or tried to) may already have been replaced without
         // the usual failover wait: no writes in that epoch again.
         if self.switchover.is_some() || p.epoch <= self.handed_over {
-            return false;
+            return None;
         }
-        match self.mode {
-            Mode::Single => true,
-            Mode::Lease if p.lease_valid_until > self.now => true,
-            _ => self.fresh_acks(p.epoch) >= self.voters.len() / 2,
-        }
+        let until = match self.mode {
+            Mode::Single => u64::MAX,
+            Mode::Lease => p.lease_valid_until.max(self.acknowledged_until(p.epoch)),
+            Mode::Quorum => self.acknowledged_until(p.epoch),
+        };
+        (until > self.now).then_some(until)
     }
 
-    fn fresh_acks(&self, epoch: u64) -> usize {
-        self.peers
+    /// `fence_after_ms` after the newest of our heartbeats that enough peers acknowledged to
+    /// make a majority with us (0 if none did).
+    fn acknowledged_until(&self, epoch: u64) -> u64 {
+        let mut heartbeats: Vec<u64> = self
+            .peers
             .values()
             .filter_map(|p| p.state.as_ref()?.ack.as_ref())
-            .filter(|a| {
-                // Exactly our epoch: an acknowledgement of a later one (a vote for our
-                // re-election) says nothing of votes its sender gave others in between.
-                a.primary == self.me
-                    && a.epoch == epoch
-                    && a.heartbeat + self.t.fence_after_ms > self.now
-            })
-            .count()
+            // Exactly our epoch: an acknowledgement of a later one (a vote for our
+            // re-election) says nothing of votes its sender gave others in between.
+            .filter(|a| a.primary == self.me && a.epoch == epoch)
+            .map(|a| a.heartbeat)
+            .collect();
+        heartbeats.sort_unstable_by(|a, b| b.cmp(a));
+        let needed = self.voters.len() / 2;
+        heartbeats
+            .get(needed.saturating_sub(1))
+            .map_or(0, |h| h + self.t.fence_after_ms)
     }
 
     // ---- helpers -----------------------------------------------------------------------------
@@ -1366,6 +1382,19 @@ impl Node {
         }
     }
 
+    /// Alive by the failure detector and heard from within a failover timeout.
+    fn live(&self, p: &Peer) -> bool {
+        p.alive
+            && p.heard_at
+                .is_some_and(|t| self.now - t < self.t.failover_timeout_ms)
+    }
+
+    /// We, with the voters alive and heard within a failover timeout, are a majority.
+    fn hears_majority(&self) -> bool {
+        let heard = self.peers.values().filter(|p| self.live(p)).count();
+        1 + heard > self.voters.len() / 2
+    }
+
     /// We have acknowledged no primary (nor been a writable one) for `failover_timeout_ms`.
     fn primary_dead(&self) -> bool {
         self.now - self.evidence_at >= self.t.failover_timeout_ms
@@ -1445,9 +1474,7 @@ impl Node {
             let Some(s) = &p.state else {
                 return false;
             };
-            let live = p.alive
-                && p.heard_at
-                    .is_some_and(|t| self.now - t < self.t.failover_timeout_ms);
+            let live = self.live(p);
             live && s.redis_healthy
                 && !s.writable
                 && (s.position > mine || (s.position == mine && *id < self.me))

@@ -2,7 +2,8 @@
 //! state machine, with a seeded RNG choosing faults: crashes and restarts (the durable state
 //! survives, everything else is lost and the clock restarts at a random value), directed link
 //! cuts, isolated nodes, lost and delayed gossip (up to 2 s), whole-VM pauses (the node's clock
-//! jumps ahead when it resumes), redis outages, an object store unreachable or slow for some
+//! jumps ahead when it resumes), pauses of the agent alone while its redis runs on (half of
+//! them in the middle of a decision, carried out late when the agent resumes), redis outages, an object store unreachable or slow for some
 //! nodes and occasionally slow for all (writes landing late, answers lost after the write
 //! landed), and per-node clock rates anywhere within `max_clock_drift_ppm`. The shell is
 //! modelled as the module docs require it to behave (epoch-scoped replication, redis started
@@ -11,9 +12,14 @@
 //! After every step it checks, against ground truth only the simulator knows (real time, the
 //! actual redis roles and data):
 //!
+//! 0. **Epochs only grow with real elections**: a node campaigns only while gossip from enough
+//!    voters to make a majority with it has reached it within a failover timeout (pre-vote).
 //! 1. **One primary per epoch**: no epoch is promoted twice.
 //! 2. **Never two writable primaries**: a node accepts writes when it is up, not paused, its
-//!    redis is up, it is a master and not fenced. When a node is promoted in epoch `b`, every
+//!    redis is up, it is a master, not fenced, and its shell's fence guard has not reached the
+//!    last `Unfence` deadline (plus a random wake-up slack up to `guard_slack_ms`). With
+//!    `World::guard` off only the agent fences, and paused agents break this (see
+//!    `without_the_fence_guard_paused_agents_break_fencing`). When a node is promoted in epoch `b`, every
 //!    node of a lower epoch must have stopped accepting writes at least `action_latency_ms`
 //!    (real time) earlier, so even a shell that takes the full latency to apply `CLIENT PAUSE`
 //!    leaves no overlap; and a node may accept writes only in an epoch at least as high as
@@ -94,6 +100,11 @@ struct SimNode {
     // Active faults, counted so overlapping ones compose.
     crashed: u32,
     paused: u32,
+    /// The agent alone is stopped (SIGSTOP, a deadlock, starvation): its redis runs on.
+    agent_paused: u32,
+    /// Actions of a decision the agent made just before it stopped, carried out when it
+    /// resumes (late).
+    held: Vec<Action>,
     redis_down: u32,
     store_down: u32,
     store_slow: u32,
@@ -101,6 +112,9 @@ struct SimNode {
     is_master: bool,
     epoch: u64,
     unfenced: bool,
+    /// Real time at which the fence guard pauses writes (the last `Unfence`'s deadline plus
+    /// the guard's wake-up slack); `u64::MAX` without a deadline.
+    guard_fences_at: u64,
     /// The node and epoch of the last `Follow`: replication is scoped to that epoch.
     following: Option<(usize, u64)>,
     upstream: Option<usize>,
@@ -134,6 +148,8 @@ enum FaultKind {
     Cut(Vec<(usize, usize)>),
     RedisDown,
     Pause,
+    /// Only the agent stops; its redis goes on serving (and taking writes, unless fenced).
+    AgentPause,
     StoreDown,
     /// Every store request of the node takes up to 1.2 s each way.
     StoreSlow,
@@ -183,6 +199,11 @@ enum Ev {
         inc: u32,
         result: LeaseResult,
     },
+    /// The fence guard's deadline passes.
+    GuardExpiry {
+        node: usize,
+        inc: u32,
+    },
     Fault {
         index: usize,
         begin: bool,
@@ -230,6 +251,9 @@ struct VoteRecord {
 /// randomized run adds a fault schedule.
 pub(super) struct World {
     pub timing: Timing,
+    /// The shell enforces each `Unfence`'s deadline by itself (the fence guard). Off, only
+    /// the node's own `Fence` stops writes: an agent that stops leaves its redis writable.
+    pub guard: bool,
     /// Share of store requests (in %) that take 0.1–1 s each way.
     pub store_slow_percent: u32,
     /// The range (ms) of a normal gossip delivery's delay; `None`: 0.1–15 ms. A live cluster
@@ -274,12 +298,15 @@ impl World {
                 },
                 crashed: 0,
                 paused: 0,
+                agent_paused: 0,
+                held: Vec::new(),
                 redis_down: 0,
                 store_down: 0,
                 store_slow: 0,
                 is_master: false,
                 epoch: 0,
                 unfenced: false,
+                guard_fences_at: u64::MAX,
                 following: None,
                 upstream: None,
                 history: 0,
@@ -293,6 +320,7 @@ impl World {
             .collect();
         let mut world = World {
             timing,
+            guard: true,
             store_slow_percent: 5,
             gossip_delay_ms: None,
             nodes,
@@ -417,6 +445,11 @@ impl World {
         first.filter(|_| writers.next().is_none())
     }
 
+    /// The newest epoch node `i` has voted or campaigned in (its persisted vote).
+    pub fn voted_epoch(&self, i: usize) -> u64 {
+        self.nodes[i].durable.vote.as_ref().map_or(0, |v| v.epoch)
+    }
+
     pub fn promotions(&self) -> usize {
         self.promotions.len()
     }
@@ -452,11 +485,15 @@ impl World {
                 lose_reply,
             } => self.on_store_apply(node, inc, req, lose_reply),
             Ev::StoreReply { node, inc, result } if self.current(node, inc) => {
-                if self.nodes[node].paused > 0 {
+                if self.nodes[node].paused > 0 || self.nodes[node].agent_paused > 0 {
                     self.schedule(10 * US_PER_MS, Ev::StoreReply { node, inc, result });
                 } else {
                     self.step(node, Event::Lease(result));
                 }
+            }
+            Ev::GuardExpiry { node, inc } if self.current(node, inc) => {
+                self.update_accepting(node);
+                self.check_writers(node);
             }
             Ev::Fault { index, begin } => self.on_fault(index, begin),
             _ => {}
@@ -487,6 +524,9 @@ impl World {
         };
         s.offset = s.offset.saturating_sub(loss).max(keep);
         s.unfenced = false;
+        s.guard_fences_at = u64::MAX;
+        // What the previous incarnation decided dies with it.
+        s.held.clear();
         // Its redis may still hold the master role, but serves no replicas until promoted
         // again (the shell keeps the replication user disabled): a master back with less data
         // would otherwise wipe its replicas' newer data with a full resync.
@@ -528,6 +568,9 @@ impl World {
         }
         self.replicate(i);
         self.note_acked();
+        if self.nodes[i].agent_paused > 0 {
+            return;
+        }
         if self.nodes[i].view_dirty {
             self.nodes[i].view_dirty = false;
             let views = self.peer_views(i);
@@ -623,7 +666,7 @@ impl World {
         let period = self.nodes[i].clock.real_for(self.timing.gossip_interval_ms);
         let inc = self.nodes[i].incarnation;
         self.schedule(period, Ev::Gossip { node: i, inc });
-        if self.nodes[i].paused > 0 {
+        if self.nodes[i].paused > 0 || self.nodes[i].agent_paused > 0 {
             return;
         }
         // The sender relays everything it knows, as chitchat does.
@@ -656,7 +699,7 @@ impl World {
     fn on_deliver(&mut self, to: usize, entries: &[(usize, Entry)]) {
         let now = self.now;
         let s = &mut self.nodes[to];
-        if !s.up() || s.paused > 0 {
+        if !s.up() || s.paused > 0 || s.agent_paused > 0 {
             return;
         }
         for (j, entry) in entries {
@@ -677,10 +720,23 @@ impl World {
     }
 
     fn step(&mut self, i: usize, event: Event) {
-        let local = self.nodes[i].clock.ms(self.now);
-        let Some(node) = self.nodes[i].node.as_mut() else {
+        if self.nodes[i].agent_paused > 0 {
+            return;
+        }
+        let Some(decision) = self.decide(i, event) else {
             return;
         };
+        for action in decision.actions {
+            self.apply(i, action);
+        }
+        self.update_accepting(i);
+        self.check_writers(i);
+    }
+
+    /// Steps node `i`'s state machine (tracing the decision) without carrying it out.
+    fn decide(&mut self, i: usize, event: Event) -> Option<Decision> {
+        let local = self.nodes[i].clock.ms(self.now);
+        let node = self.nodes[i].node.as_mut()?;
         let decision = node.step(local, event);
         if decision.changed {
             let line = format!(
@@ -693,11 +749,7 @@ impl World {
                 trace.push(line);
             }
         }
-        for action in decision.actions {
-            self.apply(i, action);
-        }
-        self.update_accepting(i);
-        self.check_writers(i);
+        Some(decision)
     }
 
     fn apply(&mut self, i: usize, action: Action) {
@@ -705,6 +757,9 @@ impl World {
             Action::Persist(durable) => {
                 if let Some(v) = durable.vote.as_ref() {
                     let changed = self.nodes[i].durable.vote.as_ref() != Some(v);
+                    if changed && v.candidate == self.nodes[i].id {
+                        self.check_campaign_heard(i, v.epoch);
+                    }
                     if changed && v.candidate != self.nodes[i].id {
                         let candidate = self.index(&v.candidate);
                         self.votes.push(VoteRecord {
@@ -746,12 +801,43 @@ impl World {
                 s.following = Some((primary, epoch));
                 s.is_master = false;
             }
-            Action::Fence => self.nodes[i].unfenced = false,
-            Action::Unfence => self.nodes[i].unfenced = true,
+            Action::Fence => {
+                let s = &mut self.nodes[i];
+                s.unfenced = false;
+                s.guard_fences_at = u64::MAX;
+            }
+            Action::Unfence { until } => self.unfence(i, until),
             Action::PollLease { .. }
             | Action::TryAcquireLease { .. }
             | Action::RenewLease { .. } => self.store_request(i, action),
         }
+    }
+
+    /// The shell's guard takes the deadline: refused once past (an `Unfence` carried out
+    /// late), otherwise writes open until it, plus up to `guard_slack_ms` of wake-up delay.
+    fn unfence(&mut self, i: usize, until: u64) {
+        if !self.guard {
+            self.nodes[i].unfenced = true;
+            return;
+        }
+        let local = self.nodes[i].clock.ms(self.now);
+        if until <= local {
+            return;
+        }
+        let fences_at = if until == u64::MAX {
+            u64::MAX
+        } else {
+            let slack = self
+                .rng
+                .random_range(0..=self.timing.guard_slack_ms * US_PER_MS);
+            let at = self.now + self.nodes[i].clock.real_for(until - local) + slack;
+            let inc = self.nodes[i].incarnation;
+            self.schedule(at - self.now, Ev::GuardExpiry { node: i, inc });
+            at
+        };
+        let s = &mut self.nodes[i];
+        s.unfenced = true;
+        s.guard_fences_at = fences_at;
     }
 
     fn index(&self, id: &NodeId) -> usize {
@@ -766,6 +852,34 @@ impl World {
     fn fail(&mut self, message: String) {
         if self.violation.is_none() {
             self.violation = Some(format!("at {} ms: {message}", self.now / US_PER_MS));
+        }
+    }
+
+    /// Epochs grow only with elections that can succeed: a node starts a campaign (votes for
+    /// itself in a new epoch) only when gossip from enough voters to make a majority with it
+    /// reached it within a failover timeout (its clock's, plus a tick to notice). Two nodes
+    /// take a lease instead, which needs no majority.
+    fn check_campaign_heard(&mut self, i: usize, epoch: u64) {
+        let n = self.nodes.len();
+        if n < 3 {
+            return;
+        }
+        let window = self.timing.failover_timeout_ms * US_PER_MS * 102 / 100
+            + 2 * self.timing.tick_ms * US_PER_MS;
+        let heard = (0..n)
+            .filter(|&j| j != i)
+            .filter(|&j| {
+                self.nodes[i].view[j]
+                    .as_ref()
+                    .is_some_and(|e| self.now < e.updated + window)
+            })
+            .count();
+        if heard < n / 2 {
+            let id = self.nodes[i].id.clone();
+            self.fail(format!(
+                "{id} campaigned in epoch {epoch} hearing only {heard} of {} other voters",
+                n - 1
+            ));
         }
     }
 
@@ -860,7 +974,12 @@ impl World {
 
     fn update_accepting(&mut self, i: usize) {
         let s = &mut self.nodes[i];
-        let accepting = s.up() && s.paused == 0 && s.redis_down == 0 && s.is_master && s.unfenced;
+        let accepting = s.up()
+            && s.paused == 0
+            && s.redis_down == 0
+            && s.is_master
+            && s.unfenced
+            && self.now < s.guard_fences_at;
         if s.accepting && !accepting {
             s.accepting_ended = Some(self.now);
         }
@@ -1053,6 +1172,7 @@ impl World {
                     }
                 }
             }
+            FaultKind::AgentPause => self.pause_agent(target, begin),
             FaultKind::StoreDown => self.store_down(target, begin),
             FaultKind::StoreSlow => {
                 let s = &mut self.nodes[target];
@@ -1071,9 +1191,33 @@ impl World {
         }
     }
 
+    /// Stops (or resumes) node `i`'s agent alone. Half the time it stops in the middle of a
+    /// decision: what it decided is carried out only when it resumes, however stale by then.
+    pub fn pause_agent(&mut self, i: usize, pause: bool) {
+        if pause {
+            self.nodes[i].agent_paused += 1;
+            if self.nodes[i].agent_paused == 1 && self.rng.random_bool(0.5) {
+                if let Some(d) = self.decide(i, Event::Tick) {
+                    self.nodes[i].held = d.actions;
+                }
+            }
+            return;
+        }
+        self.nodes[i].agent_paused -= 1;
+        if self.nodes[i].agent_paused > 0 || !self.nodes[i].up() {
+            return;
+        }
+        for action in std::mem::take(&mut self.nodes[i].held) {
+            self.apply(i, action);
+        }
+        self.update_accepting(i);
+        self.check_writers(i);
+        self.step(i, Event::Tick);
+    }
+
     /// An operator's switchover request to node `i`; a refusal changes nothing.
     pub fn switchover(&mut self, i: usize, to: Option<usize>) -> Result<(), String> {
-        if self.nodes[i].paused > 0 {
+        if self.nodes[i].paused > 0 || self.nodes[i].agent_paused > 0 {
             return Err("paused".into());
         }
         let local = self.nodes[i].clock.ms(self.now);
@@ -1129,7 +1273,7 @@ impl World {
             Target::Node(rng.random_range(0..n))
         };
         // Store faults only matter with two nodes; elsewhere their share goes to crashes.
-        let kind = match rng.random_range(0..13) {
+        let kind = match rng.random_range(0..15) {
             7 if n == 2 => FaultKind::StoreDown,
             8 if n == 2 => FaultKind::StoreSlow,
             0 | 1 | 7 | 8 => FaultKind::Crash,
@@ -1146,6 +1290,7 @@ impl World {
             6 => FaultKind::Pause,
             9 => FaultKind::Lossy(rng.random_range(10..=60)),
             10 => FaultKind::Slow(rng.random_range(5..=30)),
+            11 | 12 => FaultKind::AgentPause,
             _ => FaultKind::Switchover(rng.random_bool(0.7).then(|| rng.random_range(0..n))),
         };
         Fault {
@@ -1175,9 +1320,10 @@ struct Outcome {
     trace: Vec<String>,
 }
 
-/// Runs one random schedule of `n` nodes.
-fn run_schedule(n: usize, seed: u64, trace: bool) -> Outcome {
+/// Runs one random schedule of `n` nodes (`guard`: see [`World::guard`]).
+fn run_schedule(n: usize, seed: u64, trace: bool, guard: bool) -> Outcome {
     let mut world = World::new(n, Timing::default(), seed);
+    world.guard = guard;
     if trace {
         world.trace = Some(Vec::new());
     }
@@ -1237,7 +1383,7 @@ fn run_many(n: usize, count: u64, base: u64) {
     let (mut promotions, mut worst_recovery) = (0, 0);
     let base = base + env_number("SIM_SEED").unwrap_or(0);
     for seed in base..base + count {
-        let outcome = run_schedule(n, seed, false);
+        let outcome = run_schedule(n, seed, false, true);
         if let Some(violation) = outcome.violation {
             panic!(
                 "{n} nodes, seed {seed}: {violation}\nreplay with: REPLAY_SEED={n}:{seed} \
@@ -1269,6 +1415,23 @@ fn five_nodes() {
     run_many(5, schedules(100), 5_000_000);
 }
 
+/// The agent-pause fault is real: without the fence guard (only the agent's own `Fence`
+/// closing writes) the same schedules break fencing. Prints how many of them did.
+#[test]
+fn without_the_fence_guard_paused_agents_break_fencing() {
+    for (n, base) in [(2, 2_000_000), (3, 3_000_000)] {
+        let count = schedules(1_000);
+        let failed = (base..base + count)
+            .filter(|&seed| run_schedule(n, seed, false, false).violation.is_some())
+            .count() as u64;
+        eprintln!("{n} nodes without the guard: {failed} of {count} schedules fail");
+        assert!(
+            failed * 40 >= count,
+            "{n} nodes: only {failed} of {count} schedules fail without the guard"
+        );
+    }
+}
+
 /// `REPLAY_SEED=<nodes>:<seed>`: reruns one schedule and prints every decision and fault.
 #[test]
 fn replay() {
@@ -1277,7 +1440,7 @@ fn replay() {
     };
     let (n, seed) = spec.split_once(':').expect("REPLAY_SEED=<nodes>:<seed>");
     let (n, seed) = (n.parse().expect("nodes"), seed.parse().expect("seed"));
-    let outcome = run_schedule(n, seed, true);
+    let outcome = run_schedule(n, seed, true, true);
     for line in &outcome.trace {
         println!("{line}");
     }

@@ -98,6 +98,21 @@ fn supporter(heartbeat: u64, candidate: &str, epoch: u64, acked: u64) -> Publish
     }
 }
 
+/// Every voter but `me`, alive and heard at `heartbeat`, with its redis down.
+fn unhealthy_replicas(me: &str, voters: &[&str], heartbeat: u64) -> Vec<PeerView> {
+    voters
+        .iter()
+        .filter(|v| **v != me)
+        .map(|v| {
+            let state = PublishedState {
+                redis_healthy: false,
+                ..replica(heartbeat, pos(0, 0))
+            };
+            view(v, state)
+        })
+        .collect()
+}
+
 fn voted(d: &Decision) -> Option<Vote> {
     d.actions.iter().find_map(|a| match a {
         Action::Persist(durable) => durable.vote.clone(),
@@ -119,6 +134,14 @@ fn promoted(d: &Decision) -> Option<u64> {
 
 fn has(d: &Decision, action: &Action) -> bool {
     d.actions.contains(action)
+}
+
+/// The deadline of the decision's `Unfence`, if it has one.
+fn unfenced_until(d: &Decision) -> Option<u64> {
+    d.actions.iter().find_map(|a| match a {
+        Action::Unfence { until } => Some(*until),
+        _ => None,
+    })
 }
 
 /// n2 of three: followed n1 (epoch 1, in sync at offset 50), then heard nothing from n1 for
@@ -153,14 +176,16 @@ fn orphaned_voter() -> (Node, u64) {
     (n, t)
 }
 
-/// `me` of `voters` with nobody heard from since it started (it detached its redis on start):
-/// after the failover timeout it campaigns in epoch 1. Returns the node and when the campaign
-/// started.
+/// `me` of `voters` with no primary heard from since it started (it detached its redis on
+/// start), but hearing every other voter (replicas whose redis is down, so none deserves to
+/// run first): after the failover timeout it campaigns in epoch 1. Returns the node and when
+/// the campaign started.
 fn candidate(me: &str, voters: &[&str]) -> (Node, u64) {
     let mut n = new_node(me, voters);
     assert!(has(&n.step(0, probe(0, None)), &Action::Detach));
     n.step(10, probe(0, None));
     let t = ft();
+    n.step(t - 10, peers(unhealthy_replicas(me, voters, t - 10)));
     let d = n.step(t, probe(0, None));
     assert_eq!(
         voted(&d),
@@ -521,7 +546,7 @@ fn a_primary_unfences_when_a_majority_acknowledges_again_unless_superseded() {
             views.push(view("n3", primary(2, t + 50)));
         }
         let d = n.step(t + 50, peers(views));
-        assert_eq!(has(&d, &Action::Unfence), !superseded, "{}", d.reason);
+        assert_eq!(unfenced_until(&d).is_some(), !superseded, "{}", d.reason);
         assert_eq!(has(&d, &Action::Demote), superseded, "{}", d.reason);
         assert_eq!(n.is_writable(), !superseded);
     }
@@ -1077,31 +1102,97 @@ fn switchover_is_refused_with_a_reason() {
 }
 
 #[test]
-fn scenario_a_primary_re_elected_after_a_partition_takes_writes_again() {
-    // A replica cut off campaigns in newer and newer epochs; once back, the primary re-elects
-    // itself above them. Promote pauses writes in the shell: the re-elected primary must lift
-    // the pause again, not keep it while it thinks itself writable.
-    for (n, seed) in [(3, 30), (3, 31), (5, 32)] {
+fn scenario_a_node_cut_off_starts_no_epochs_and_rejoins_without_an_election() {
+    // Pre-vote: a replica, or a primary, cut off from the others cannot win an election, so it
+    // starts none; once back it follows the primary of the epoch the majority side holds, and
+    // nobody has to be elected again.
+    for (n, seed, cut_primary) in [(3, 30, false), (3, 31, true), (5, 32, false), (5, 33, true)] {
         let (mut world, p) = bootstrapped(n, seed);
-        let replica = (p + 1) % n;
-        world.isolate(replica, true);
+        let cut = if cut_primary { p } else { (p + 1) % n };
+        let epoch_before = world.voted_epoch(cut);
+        world.isolate(cut, true);
+        world.run_for(6_000);
+        let writer = world.writer().expect("the majority side takes writes");
+        assert_eq!(
+            world.voted_epoch(cut),
+            epoch_before,
+            "{n} nodes: the cut-off node started an epoch of its own"
+        );
+        let promotions = world.promotions();
+        world.isolate(cut, false);
         world.run_for(4_000);
         assert_eq!(
-            world.writer(),
-            Some(p),
-            "{n} nodes: the majority side keeps writing"
+            world.promotions(),
+            promotions,
+            "{n} nodes: an election after the heal"
         );
-        let before = world.promotions();
-        world.isolate(replica, false);
-        world.run_for(4_000);
-        assert!(
-            world.promotions() > before,
-            "{n} nodes: no re-election happened"
-        );
-        assert!(
-            world.writer().is_some(),
-            "{n} nodes: nobody takes writes after healing"
+        assert_eq!(
+            world.healthy(),
+            Some(writer),
+            "{n} nodes: the returning node follows"
         );
         assert_eq!(world.violation(), None);
+    }
+}
+
+#[test]
+fn a_node_that_hears_no_majority_starts_no_campaign() {
+    for (voters, heard, runs) in [
+        (THREE, 0, false),
+        (THREE, 1, true),
+        (FIVE, 1, false),
+        (FIVE, 2, true),
+    ] {
+        let mut n = new_node("n1", voters);
+        n.step(0, probe(0, None));
+        n.step(10, probe(0, None));
+        let t = ft();
+        let mut views = unhealthy_replicas("n1", voters, t - 10);
+        for v in &mut views[heard..] {
+            v.alive = false;
+        }
+        n.step(t - 10, peers(views));
+        let d = n.step(t, probe(0, None));
+        assert_eq!(
+            voted(&d).is_some(),
+            runs,
+            "{} voters, {heard} heard: {}",
+            voters.len(),
+            d.reason
+        );
+    }
+}
+
+#[test]
+fn scenario_a_paused_agent_cannot_keep_its_redis_writable() {
+    // The primary's agent stops (SIGSTOP, a deadlock) while its redis runs on: the fence
+    // guard closes writes at the deadline of the last Unfence, before another node is
+    // promoted. Without the guard the simulator sees two writers.
+    for (n, seed) in [(2, 40), (3, 41), (5, 42)] {
+        for guard in [true, false] {
+            let mut world = World::new(n, timing(), seed);
+            world.store_slow_percent = 0;
+            world.guard = guard;
+            let (p, _) = world.run_until_writer(5_000).expect("bootstraps");
+            world.run_for(1_000);
+            world.pause_agent(p, true);
+            world.run_for(5_000);
+            if guard {
+                assert_eq!(world.violation(), None, "{n} nodes");
+                let writer = world.writer().expect("another node took over");
+                assert_ne!(writer, p, "{n} nodes");
+                world.pause_agent(p, false);
+                world.run_for(3_000);
+                assert_eq!(world.violation(), None, "{n} nodes");
+                assert_eq!(world.healthy(), Some(writer), "{n} nodes: it rejoins");
+            } else {
+                let violation = world.violation().unwrap_or_default();
+                assert!(
+                    violation.contains("still accepts writes")
+                        || violation.contains("accept writes"),
+                    "{n} nodes without the guard: {violation:?}"
+                );
+            }
+        }
     }
 }
