@@ -34,6 +34,8 @@ use tracing::{info, warn};
 
 /// `CLIENT PAUSE`'s timeout: a day (it lasts until the guard opens writes again).
 const PAUSE_MS: &str = "86400000";
+/// How long a guard may take to start (exec, read its spec) before the agent gives up.
+const GUARD_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the guard needs to reach redis; the first line the agent sends (JSON), so the
 /// password never shows in the process list.
@@ -91,6 +93,8 @@ pub enum Reply {
     Expired {
         how: Fenced,
     },
+    /// The guard has read its spec and waits for requests.
+    Ready,
 }
 
 impl Fenced {
@@ -159,6 +163,7 @@ impl Reply {
             Reply::Late { id } => format!("late {id}\n"),
             Reply::Failed { id } => format!("failed {id}\n"),
             Reply::Expired { how } => format!("expired {}\n", how.as_str()),
+            Reply::Ready => "ready\n".to_string(),
         }
     }
 
@@ -183,6 +188,7 @@ impl Reply {
             Some("expired") => Reply::Expired {
                 how: Fenced::parse(words.next().unwrap_or_default())?,
             },
+            Some("ready") => Reply::Ready,
             _ => bail!("unknown reply {line:?}"),
         })
     }
@@ -382,8 +388,10 @@ pub fn run_guard() -> Result<()> {
     };
     let mut gate = Gate::default();
     let mut out = std::io::stdout();
-    // Whatever opened writes before us (a guard that died) is not our promise to keep.
-    redis.pause();
+    // Nothing of our own at start: a pause here could land after the agent's later commands
+    // (say, a replica's UNPAUSE) and stall replication. The agent sends what it wants, in
+    // order: a fence, or the deadline a guard before us was keeping.
+    send(&mut out, Reply::Ready);
     let mut pending = Vec::new();
     loop {
         let timeout_ms = match gate.wake_at() {
@@ -491,8 +499,22 @@ pub struct FenceGuard {
 }
 
 impl FenceGuard {
-    /// Starts the guard (this binary, `fence-guard`). It pauses writes first thing.
-    pub fn spawn(spec: GuardSpec) -> Result<FenceGuard> {
+    /// Starts the guard (this binary, `fence-guard`) and waits until it is ready, so that the
+    /// first fence is not timed against the start of a process.
+    pub async fn start(spec: GuardSpec) -> Result<FenceGuard> {
+        let mut guard = FenceGuard::spawn(spec)?;
+        match tokio::time::timeout(GUARD_START_TIMEOUT, guard.replies.recv()).await {
+            Ok(Some(Reply::Ready)) => {
+                info!(pid = guard.child.id(), "fence guard started");
+                Ok(guard)
+            }
+            Ok(Some(other)) => bail!("the fence guard answered {other:?} before it was ready"),
+            Ok(None) => bail!("the fence guard exited at start (see its message above)"),
+            Err(_) => bail!("the fence guard was not ready within {GUARD_START_TIMEOUT:?}"),
+        }
+    }
+
+    fn spawn(spec: GuardSpec) -> Result<FenceGuard> {
         let exe = std::env::current_exe().context("finding the agent's own binary")?;
         let mut child = tokio::process::Command::new(exe)
             .arg("fence-guard")
@@ -531,7 +553,6 @@ impl FenceGuard {
         let mut first = serde_json::to_string(&guard.spec)?;
         first.push('\n');
         guard.write_now(first)?;
-        info!(pid = guard.child.id(), "fence guard started");
         Ok(guard)
     }
 
@@ -572,13 +593,13 @@ impl FenceGuard {
         self.send(Request::Open { id, until_ns }).await
     }
 
-    /// Stops this guard (when it hangs) and starts a new one, which pauses writes first.
-    pub fn restart(&mut self) -> Result<()> {
+    /// Stops this guard (dead or hung) and starts a new one; the caller hands it the state
+    /// it must keep (a deadline, or a fence).
+    pub async fn restart(&mut self) -> Result<()> {
         let _ = self.child.start_kill();
-        let mut fresh = FenceGuard::spawn(self.spec.clone())?;
+        let mut fresh = FenceGuard::start(self.spec.clone()).await?;
         if let Some(pid) = self.pid {
-            fresh.write_now(Request::Pid(pid).line())?;
-            fresh.pid = Some(pid);
+            fresh.set_redis_pid(pid).await?;
         }
         *self = fresh;
         Ok(())
@@ -598,7 +619,7 @@ impl FenceGuard {
             ),
             Reply::Late { id } => info!(id, "fence guard kept writes closed: deadline passed"),
             Reply::Failed { id } => warn!(id, "fence guard could not open writes"),
-            Reply::Opened { .. } | Reply::Fenced { .. } => {}
+            Reply::Opened { .. } | Reply::Fenced { .. } | Reply::Ready => {}
         }
     }
 
@@ -660,6 +681,7 @@ mod tests {
             Reply::Late { id: 4 },
             Reply::Failed { id: 5 },
             Reply::Expired { how: Fenced::Down },
+            Reply::Ready,
         ] {
             assert_eq!(Reply::parse(&r.line()).unwrap(), r);
         }

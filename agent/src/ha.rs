@@ -158,12 +158,13 @@ pub fn spawn(
         crate::actor::ActorHandle::spawn(HaStatus::default(), move |status, shutdown| async move {
             let admin =
                 redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
-            let guard = match FenceGuard::spawn(GuardSpec {
+            let spec = GuardSpec {
                 socket: cfg.socket.clone(),
                 user: cfg.admin_user.clone(),
                 password: cfg.admin_password.clone(),
                 action_latency_ms: cfg.election.timing.action_latency_ms,
-            }) {
+            };
+            let guard = match FenceGuard::start(spec).await {
                 Ok(guard) => guard,
                 Err(e) => {
                     // Without a guard, writes would depend on this agent being scheduled.
@@ -758,10 +759,10 @@ impl Shell {
         }
     }
 
-    /// Replaces a dead or hung guard. The new one starts by pausing writes, so a writable
-    /// primary hands it the current deadline again.
+    /// Replaces a dead or hung guard and hands the new one the deadline a writable primary
+    /// relies on (a fenced node has just fenced, or killed redis, itself).
     async fn restart_guard(&mut self) {
-        if let Err(e) = self.guard.restart() {
+        if let Err(e) = self.guard.restart().await {
             error!("cannot restart the fence guard: {e:#}; stopping the agent to stay safe");
             std::process::exit(1);
         }

@@ -230,9 +230,10 @@ fn kill_round(d: &dyn Deployment, prefix: &str) -> Result<KillRound> {
     )?;
     ensure!(
         writer.wait_more_acks(ACKS_BEFORE_FAULT, Duration::from_secs(30)),
-        "{}: the writer made no progress before the kill: {}",
+        "{}: the writer made no progress before the kill: {}\n{}",
         d.name(),
-        writer.snapshot().summary()
+        writer.snapshot().summary(),
+        d.logs()
     );
     let old = d.primary(Duration::from_secs(10))?;
     // Times are measured from just before the kill, but only writes sent after the kill
