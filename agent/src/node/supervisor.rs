@@ -4,8 +4,8 @@
 //! One select loop over: the child exiting, a probe tick, and the shutdown signal. What it
 //! learns goes out on a `watch` channel (`RedisState`) that status, metrics and systemd read.
 
-use crate::metrics::Metrics;
-use crate::redis_client::{self, Info};
+use crate::node::redis_client::{self, Info};
+use crate::ops::metrics::Metrics;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -242,7 +242,7 @@ impl Supervisor {
             // Own process group: a Ctrl-C in the agent's terminal must reach the agent only,
             // which then shuts redis down in order.
             .process_group(0);
-        for var in crate::systemd::ENV_VARS {
+        for var in crate::ops::systemd::ENV_VARS {
             cmd.env_remove(var);
         }
         let parent = std::process::id();

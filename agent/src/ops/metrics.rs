@@ -1,6 +1,6 @@
 //! Prometheus metrics, served as text at `/metrics` by the local API.
 
-use crate::redis_client::Info;
+use crate::node::redis_client::Info;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -199,7 +199,7 @@ impl Metrics {
     }
 
     /// Copy the gossip transport's counters (kept as atomics there) into the registry.
-    pub fn observe_gossip(&self, c: &crate::gossip::transport::GossipCounters) {
+    pub fn observe_gossip(&self, c: &crate::cluster::gossip::transport::GossipCounters) {
         let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         self.gossip_datagrams
             .get_or_create(&label("direction", "sent"))
@@ -214,7 +214,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe_ha(&self, s: &crate::ha::HaStatus) {
+    pub fn observe_ha(&self, s: &crate::cluster::ha::HaStatus) {
         self.ha_epoch.set(s.epoch as i64);
         self.ha_writable_primary
             .set((s.role == "primary" && s.writable) as i64);
@@ -222,7 +222,7 @@ impl Metrics {
             .set(s.members.iter().filter(|m| m.alive || m.is_self).count() as i64);
     }
 
-    pub fn observe_backup(&self, b: &crate::backup::BackupStatus) {
+    pub fn observe_backup(&self, b: &crate::backup::shipper::BackupStatus) {
         self.backup_lag_bytes.set(b.lag_bytes as i64);
         self.backup_lag_seconds.set(b.lag_seconds as i64);
         self.backup_spool_full.set(b.spool_full as i64);
@@ -232,7 +232,7 @@ impl Metrics {
         self.backup_uploaded_bytes.set(b.uploaded_bytes as i64);
     }
 
-    pub fn observe_hook(&self, c: &crate::hook::HookCounters) {
+    pub fn observe_hook(&self, c: &crate::cluster::hook::HookCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         self.hook_runs.set(c.runs.load(Relaxed) as i64);
         self.hook_failures.set(c.failures.load(Relaxed) as i64);
