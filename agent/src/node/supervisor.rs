@@ -5,12 +5,10 @@
 //! learns goes out on a `watch` channel (`RedisState`) that status, metrics and systemd read.
 
 use crate::node::redis_client::{self, Info};
-use crate::ops::metrics::Metrics;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -126,14 +124,13 @@ pub struct SupervisorConfig {
 /// The supervisor's handle: `state` to watch, `shutdown()` stops redis cleanly and waits.
 pub type SupervisorHandle = crate::actor::ActorHandle<RedisState>;
 
-pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
+pub fn spawn(cfg: SupervisorConfig) -> SupervisorHandle {
     let launcher = Launcher::start();
     crate::actor::ActorHandle::spawn(RedisState::new(), move |state, shutdown| async move {
         let admin = redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
         Supervisor {
             cfg,
             state,
-            metrics,
             backoff: Backoff::default(),
             launcher,
             admin,
@@ -146,7 +143,6 @@ pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
 struct Supervisor {
     cfg: SupervisorConfig,
     state: watch::Sender<RedisState>,
-    metrics: Arc<Metrics>,
     backoff: Backoff,
     launcher: Launcher,
     admin: redis_client::AdminLink,
@@ -209,7 +205,6 @@ impl Supervisor {
             s.healthy = false;
             s.pid = None;
         });
-        self.metrics.redis_up.set(0);
         let _ = done.send(());
     }
 
@@ -301,8 +296,6 @@ impl Supervisor {
                         Err(e) => format!("wait failed: {e}"),
                     };
                     warn!(exit = %what, "redis-server exited unexpectedly");
-                    self.metrics.redis_restarts.inc();
-                    self.metrics.redis_up.set(0);
                     self.state.send_modify(|s| {
                         s.phase = Phase::Restarting;
                         s.loop_alive_at = Instant::now();
@@ -332,8 +325,6 @@ impl Supervisor {
                 if healthy && !was_healthy {
                     info!("redis is answering");
                 }
-                self.metrics.observe_info(&info);
-                self.metrics.redis_up.set(healthy as i64);
                 self.state.send_modify(|s| {
                     s.loop_alive_at = Instant::now();
                     s.healthy = healthy;
@@ -354,7 +345,6 @@ impl Supervisor {
                 } else {
                     debug!("redis not answering yet: {e:#}");
                 }
-                self.metrics.redis_up.set(0);
                 self.state.send_modify(|s| {
                     s.loop_alive_at = Instant::now();
                     s.healthy = false;

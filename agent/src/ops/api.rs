@@ -163,6 +163,7 @@ async fn get_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
 }
 
 async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    s.metrics.observe_redis(&s.redis.borrow());
     if let Some(c) = &s.gossip_counters {
         s.metrics.observe_gossip(c);
     }

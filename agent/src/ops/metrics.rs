@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text at `/metrics` by the local API.
 
 use crate::node::redis_client::Info;
+use crate::node::supervisor::RedisState;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -183,6 +184,17 @@ impl Metrics {
         m
     }
 
+    /// Copy what the supervisor last learned about redis into the registry: up while its
+    /// last probe was answered, the restarts it counted, and the INFO gauges.
+    pub fn observe_redis(&self, s: &RedisState) {
+        self.redis_up.set(s.healthy as i64);
+        // A counter only rises: concurrent scrapes both raising it to the count stay correct.
+        self.redis_restarts
+            .inner()
+            .fetch_max(s.restarts, std::sync::atomic::Ordering::Relaxed);
+        self.observe_info(&s.info);
+    }
+
     /// Update the gauges that come straight from redis's INFO.
     pub fn observe_info(&self, info: &Info) {
         let set = |g: &Gauge, key: &str| {
@@ -281,5 +293,39 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Every line of `want` is a line of the encoded registry.
+    fn assert_encodes(m: &Metrics, want: &[&str]) {
+        let text = m.encode();
+        for line in want {
+            assert!(text.lines().any(|l| l == *line), "{line:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn observes_the_supervisor_state() {
+        let m = Metrics::new();
+        let mut s = RedisState::new();
+        m.observe_redis(&s);
+        let before = [
+            "redis_steward_redis_up 0",
+            "redis_steward_redis_restarts_total 0",
+        ];
+        assert_encodes(&m, &before);
+        s.healthy = true;
+        s.restarts = 2;
+        s.info = Info::parse("connected_clients:3\r\n");
+        // Observed twice (two scrapes): the restarts are counted once.
+        m.observe_redis(&s);
+        m.observe_redis(&s);
+        assert_encodes(
+            &m,
+            &[
+                "redis_steward_redis_up 1",
+                "redis_steward_redis_restarts_total 2",
+                "redis_steward_redis_connected_clients 3",
+            ],
+        );
     }
 }

@@ -206,16 +206,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         .set(1);
     metrics.nofile_limit.set(fd.soft as i64);
 
-    let sup = supervisor::spawn(
-        SupervisorConfig {
-            redis_server: cfg.redis.server_path.clone(),
-            redis_conf: layout.redis_conf(),
-            socket: layout.redis_socket(),
-            admin_user: ADMIN_USER.into(),
-            admin_password: secrets.admin_password.clone(),
-        },
-        metrics.clone(),
-    );
+    let sup = supervisor::spawn(SupervisorConfig {
+        redis_server: cfg.redis.server_path.clone(),
+        redis_conf: layout.redis_conf(),
+        socket: layout.redis_socket(),
+        admin_user: ADMIN_USER.into(),
+        admin_password: secrets.admin_password.clone(),
+    });
 
     let hook = cfg
         .hooks
