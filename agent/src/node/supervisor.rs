@@ -19,6 +19,9 @@ use tracing::{debug, error, info, warn};
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a clean SHUTDOWN may take before the agent escalates to signals.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// systemd's variables the agent consumes (notifications, watchdog) and must not pass on to
+/// redis-server.
+const SYSTEMD_ENV_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// Restart delays after crashes: the first restart is immediate (a crash should cost as little
 /// downtime as possible), then the delay doubles up to a cap. A run that stayed up for
@@ -237,7 +240,7 @@ impl Supervisor {
             // Own process group: a Ctrl-C in the agent's terminal must reach the agent only,
             // which then shuts redis down in order.
             .process_group(0);
-        for var in crate::ops::systemd::ENV_VARS {
+        for var in SYSTEMD_ENV_VARS {
             cmd.env_remove(var);
         }
         let parent = std::process::id();
