@@ -18,6 +18,7 @@ pub mod actor;
 pub mod backup;
 pub mod cluster;
 pub mod config;
+pub mod log_context;
 pub mod node;
 pub mod ops;
 pub mod plan;

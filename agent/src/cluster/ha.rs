@@ -565,7 +565,7 @@ impl Shell {
         self.status.send_modify(|st| {
             st.role = role_name(&published);
             st.epoch = published.epoch;
-            crate::ops::logging::set_role(&st.role, st.epoch);
+            crate::log_context::set_role(&st.role, st.epoch);
             st.writable = published.writable;
             st.primary = published.primary.as_ref().map(|p| p.to_string());
             st.members = rows;

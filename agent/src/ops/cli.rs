@@ -398,7 +398,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => {
             let cfg = config::load(&config)?;
             crate::ops::logging::init();
-            crate::ops::logging::set_node(&cfg.node_name);
+            crate::log_context::set_node(&cfg.node_name);
             let opts = crate::ops::run::RunOptions { start_empty };
             runtime()?.block_on(crate::ops::run::run(cfg, opts))
         }
