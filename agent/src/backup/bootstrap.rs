@@ -156,14 +156,15 @@ pub struct BackupSource<'a> {
 }
 
 /// Gather the facts, decide, and carry it out (a restore) before redis starts. Returns the
-/// decision; an error when the decision is to refuse.
+/// decision; an error when the decision is to refuse. `busy` hears what it is doing while that
+/// takes time (the agent passes it on to systemd, so a long restore is not a failed start).
 pub async fn prepare(
     data_dir: &Path,
     state_dir: &Path,
     gossip: Option<&Gossip>,
     backups: Option<BackupSource<'_>>,
     start_empty: bool,
-    notifier: &mut crate::ops::systemd::Notifier,
+    mut busy: impl FnMut(&str),
 ) -> Result<Option<Decision>> {
     let marker = marker_path(state_dir);
     if crate::backup::restore::holds_data(data_dir) {
@@ -174,7 +175,7 @@ pub async fn prepare(
     }
     let live_primary = match gossip {
         Some(g) => {
-            notifier.busy("empty data directory: looking for a live primary");
+            busy("empty data directory: looking for a live primary");
             find_live_primary(g, Duration::from_secs(3)).await
         }
         None => None,
@@ -202,7 +203,7 @@ pub async fn prepare(
             let mut last_log = Instant::now();
             let restored =
                 crate::backup::restore::restore(b.store, b.keys, None, data_dir, false, |p| {
-                    notifier.busy(&format!("restoring from backup: {p}"));
+                    busy(&format!("restoring from backup: {p}"));
                     if last_log.elapsed() >= Duration::from_secs(5) {
                         info!("restoring from backup: {p}");
                         last_log = Instant::now();

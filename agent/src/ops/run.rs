@@ -121,6 +121,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         None => None,
     };
     {
+        let mut notifier = Notifier::from_env();
         let source = backups
             .as_ref()
             .map(|(_, (store, keys))| crate::backup::bootstrap::BackupSource { store, keys });
@@ -130,7 +131,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             gossip.as_ref(),
             source,
             opts.start_empty,
-            &mut Notifier::from_env(),
+            |what| notifier.busy(what),
         )
         .await;
         if let Err(e) = prepared {
