@@ -13,3 +13,12 @@ pub mod plan;
 pub mod restore;
 pub mod retention;
 pub mod shipper;
+
+/// The wall clock in unix milliseconds, the backups' one time unit: chain starts and segment
+/// stamps, the shipper's status, the name a restore moves an old data directory aside to.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -489,7 +489,7 @@ pub async fn restore(
         }
     };
     // Into place: move the old data aside first (with --force), then one rename.
-    let stamp = format_utc(crate::backup::shipper::now_ms()).replace(':', "");
+    let stamp = format_utc(crate::backup::now_ms()).replace(':', "");
     for name in DATA_NAMES {
         let p = data_dir.join(name);
         if p.exists() {

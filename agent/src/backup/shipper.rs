@@ -15,6 +15,7 @@ use crate::backup::aof::Manifest;
 use crate::backup::catalog::{ChainId, ObjectName};
 use crate::backup::format::Sealer;
 use crate::backup::keys::KeyRing;
+use crate::backup::now_ms;
 use crate::backup::plan::{self, Cursor, Observed, Step};
 use crate::node::redis_client::AdminLink;
 use crate::store::Store;
@@ -148,13 +149,6 @@ struct Shipper {
     /// Wall clock (ms) since which some WAL has been waiting.
     lag_since: Option<u64>,
     spool_warned_at: Option<Instant>,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The daily snapshot is due: today's snapshot time has passed and no snapshot since.

@@ -60,7 +60,7 @@ impl ApiState {
             &mut s,
             self.backup
                 .as_ref()
-                .map(|(b, _)| b.borrow().clone().as_of(crate::backup::shipper::now_ms())),
+                .map(|(b, _)| b.borrow().clone().as_of(crate::backup::now_ms())),
         );
         s
     }
@@ -172,7 +172,7 @@ async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     }
     if let Some((b, _)) = &s.backup {
         s.metrics
-            .observe_backup(&b.borrow().clone().as_of(crate::backup::shipper::now_ms()));
+            .observe_backup(&b.borrow().clone().as_of(crate::backup::now_ms()));
     }
     if let Some(c) = &s.hook_counters {
         s.metrics.observe_hook(c);
