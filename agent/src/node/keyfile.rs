@@ -1,4 +1,4 @@
-//! 32-byte secret keys kept in files (the data store's gossip key; backup keys later): raw
+//! 32-byte secret keys kept in files (the data store's gossip key, backup keys): raw
 //! bytes or 64 hex digits, and never readable by group or others.
 
 use anyhow::{bail, Context, Result};

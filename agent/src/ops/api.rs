@@ -1,6 +1,7 @@
 //! The agent's local HTTP API (loopback by default): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text) and `GET /healthz`. Read-only for now; commands that change things will
-//! send intents to the agent's loop rather than act here.
+//! (Prometheus text) and `GET /healthz` read the parts' snapshots; `POST /switchover` and
+//! `POST /backup` send an intent to the election loop or the backup shipper and wait for its
+//! answer, never acting here themselves.
 
 use crate::node::supervisor::RedisState;
 use crate::ops::metrics::Metrics;
