@@ -87,7 +87,7 @@ struct RawCluster {
     gossip_key_file: Option<PathBuf>,
     #[serde(default)]
     nodes: Vec<RawClusterNode>,
-    timing: Option<crate::election::Timing>,
+    timing: Option<crate::cluster::election::Timing>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,7 +186,7 @@ pub struct HooksConfig {
     pub on_promote: Option<Vec<String>>,
     pub timeout: std::time::Duration,
     /// Run by the primary when another node has been unreachable for `node_lost_after`, and
-    /// again every `node_lost_repeat` until a node takes the slot (crate::replacement).
+    /// again every `node_lost_repeat` until a node takes the slot (crate::cluster::replacement).
     pub on_node_lost: Option<Vec<String>>,
     pub node_lost_after: std::time::Duration,
     pub node_lost_repeat: std::time::Duration,
@@ -200,7 +200,7 @@ pub struct ClusterConfig {
     pub gossip_key_file: PathBuf,
     /// Every node slot of the data store, this one included, sorted by name.
     pub nodes: Vec<ClusterNode>,
-    pub timing: crate::election::Timing,
+    pub timing: crate::cluster::election::Timing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1106,7 +1106,7 @@ gossip_key_file = "/etc/hostname"
         assert_eq!(cl.nodes.len(), 3);
         assert_eq!(cl.nodes[2].redis_port, 6390);
         assert_eq!(cl.nodes[0].redis_port, 6380);
-        assert_eq!(cl.timing, crate::election::Timing::default());
+        assert_eq!(cl.timing, crate::cluster::election::Timing::default());
     }
 
     #[test]

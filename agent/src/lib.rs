@@ -1,43 +1,25 @@
 //! redis-steward: the node agent of a managed Redis service. See ARCHITECTURE.md.
+//!
+//! Four parts, one folder each, and a few shared basics beside them:
+//!
+//! - [`node`]: this machine's redis — the child process, its config, secrets, TLS, limits,
+//!   firewall, and the fence guard.
+//! - [`cluster`]: the data store as a whole — gossip, the election, the HA shell, the Sentinel
+//!   port clients discover the primary through, the hooks.
+//! - [`backup`]: backups and restore — the shipper, the sealed format, the catalog, retention,
+//!   restore, and what an empty node starts from.
+//! - [`ops`]: running and watching the agent — the CLI and `run`'s wiring, the local API,
+//!   status, metrics, systemd, logs.
+//!
+//! Imports flow one way: `ops` reads the other parts' snapshots, and no part imports `ops`
+//! (agent/tests/imports.rs keeps it so).
 
 pub mod actor;
-pub mod agent;
-pub mod aof;
-pub mod aof_cut;
-pub mod api;
 pub mod backup;
-pub mod backup_catalog;
-pub mod backup_format;
-pub mod backup_keys;
-pub mod backup_plan;
-pub mod bootstrap;
-pub mod cli;
+pub mod cluster;
 pub mod config;
-pub mod discovery;
-pub mod election;
-pub mod fence_guard;
-pub mod fetch_ahead;
-pub mod firewall;
-pub mod gossip;
-pub mod ha;
-pub mod hook;
-pub mod keyfile;
-pub mod layout;
-pub mod limits;
-pub mod lock;
-pub mod logging;
-pub mod metrics;
+pub mod log_context;
+pub mod node;
+pub mod ops;
 pub mod plan;
-pub mod redis_client;
-pub mod redis_conf;
-pub mod replacement;
-pub mod resp;
-pub mod restore;
-pub mod retention;
-pub mod secrets;
-pub mod sentinel;
-pub mod status;
 pub mod store;
-pub mod supervisor;
-pub mod systemd;
-pub mod tls;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    redis_steward::cli::main()
+    redis_steward::ops::cli::main()
 }

@@ -3,7 +3,7 @@
 //! blocks, seconds without writes — cut at every second they span.
 
 use rand::{Rng, SeedableRng};
-use redis_steward::aof_cut::find_cut;
+use redis_steward::backup::aof_cut::find_cut;
 use std::process::Command;
 
 fn command(rng: &mut impl Rng) -> Vec<u8> {

@@ -13,8 +13,8 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use redis_steward::backup_format::{Opener, Sealer};
-use redis_steward::backup_keys::KeyRing;
+use redis_steward::backup::format::{Opener, Sealer};
+use redis_steward::backup::keys::KeyRing;
 
 const TOTAL: usize = 1 << 30;
 /// Distinct data pushed repeatedly to make up 1 GiB: far larger than zstd's window at levels

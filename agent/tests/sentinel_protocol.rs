@@ -7,8 +7,8 @@
 use futures::StreamExt;
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{AsyncConnectionConfig, ConnectionAddr, PushKind, TlsCertificates, TlsMode};
-use redis_steward::resp::{self, Value};
-use redis_steward::sentinel::{
+use redis_steward::cluster::resp::{self, Value};
+use redis_steward::cluster::sentinel::{
     server_tls_config, Endpoint, ReplicaEntry, SentinelPeer, SentinelServer, SentinelSettings,
     SentinelView,
 };
@@ -39,7 +39,7 @@ fn install_provider() {
 /// own development-mode generator (`tls::prepare`).
 struct Pki {
     dir: tempfile::TempDir,
-    files: redis_steward::tls::TlsMaterial,
+    files: redis_steward::node::tls::TlsMaterial,
     ca_pem: String,
     ca_der: Vec<u8>,
 }
@@ -48,13 +48,15 @@ impl Pki {
     fn new() -> Pki {
         use rustls::pki_types::pem::PemObject;
         let dir = tempfile::tempdir().unwrap();
-        let layout =
-            redis_steward::layout::Layout::new(&dir.path().join("data"), &dir.path().join("state"));
+        let layout = redis_steward::node::layout::Layout::new(
+            &dir.path().join("data"),
+            &dir.path().join("state"),
+        );
         let tls = redis_steward::config::TlsConfig::Generate {
             ca_file: None,
             ca_key_file: None,
         };
-        let files = redis_steward::tls::prepare(&tls, &layout, "localhost", &[]).unwrap();
+        let files = redis_steward::node::tls::prepare(&tls, &layout, "localhost", &[]).unwrap();
         let ca_pem = std::fs::read_to_string(&files.ca).unwrap();
         let ca_der = rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .unwrap()
@@ -647,7 +649,7 @@ async fn oversized_or_malformed_requests_are_refused_and_closed() {
     // a reset, and could fail this write).
     let mut c = server.raw().await;
     assert_eq!(c.call(&format!("AUTH {PW}")).await, b"+OK\r\n");
-    let too_big = redis_steward::resp::Limits::AUTHENTICATED.max_request + 1;
+    let too_big = redis_steward::cluster::resp::Limits::AUTHENTICATED.max_request + 1;
     c.send_bytes(&vec![b'a'; too_big]).await;
     assert_eq!(
         c.reply().await,

@@ -169,8 +169,8 @@ pub fn restore_newest_from(
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = redis_steward::store::Store::open(url, options).unwrap();
-        let keys = redis_steward::backup_keys::KeyRing::load(key, &[]).unwrap();
-        redis_steward::restore::restore(&store, &keys, None, dir, false, |_| {})
+        let keys = redis_steward::backup::keys::KeyRing::load(key, &[]).unwrap();
+        redis_steward::backup::restore::restore(&store, &keys, None, dir, false, |_| {})
             .await
             .unwrap();
     });

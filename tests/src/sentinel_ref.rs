@@ -25,7 +25,7 @@ use crate::node::PASSWORD;
 use crate::sentinel_client::{probe_writable, ProbeTarget, SentinelTarget};
 use anyhow::{bail, ensure, Context, Result};
 use redis_steward::config::TlsConfig;
-use redis_steward::layout::Layout;
+use redis_steward::node::layout::Layout;
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -386,7 +386,7 @@ impl SentinelRef {
             ca_file: Some(self.ca_file()),
             ca_key_file: Some(self.dir.path().join("ca.key")),
         };
-        redis_steward::tls::prepare(
+        redis_steward::node::tls::prepare(
             &tls,
             &layout,
             &format!("host-{i}"),

@@ -184,7 +184,7 @@ fn chains(bucket: &Path) -> Vec<(u64, String)> {
         .map(|d| {
             d.filter_map(|e| {
                 let name = e.ok()?.file_name().to_string_lossy().to_string();
-                let id: redis_steward::backup_catalog::ChainId = name.parse().ok()?;
+                let id: redis_steward::backup::catalog::ChainId = name.parse().ok()?;
                 Some((id.start_unix_ms, id.epoch, id.node))
             })
             .collect()
@@ -310,7 +310,7 @@ fn a_rotated_key_seals_new_objects_while_old_ones_stay_readable() {
 /// chains; everything left verifies and the newest chain restores.
 #[test]
 fn retention_prunes_expired_chains_and_keeps_the_newest_restorable_one() {
-    use redis_steward::backup_catalog::{ChainId, ObjectName};
+    use redis_steward::backup::catalog::{ChainId, ObjectName};
     let tmp = tempfile::tempdir().unwrap();
     let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
     write_key(&key);
@@ -331,10 +331,10 @@ fn retention_prunes_expired_chains_and_keeps_the_newest_restorable_one() {
         .unwrap()
         .to_string();
     let rdb = std::fs::read(aof.join(base_name)).unwrap();
-    let keys = redis_steward::backup_keys::KeyRing::load(&key, &[]).unwrap();
+    let keys = redis_steward::backup::keys::KeyRing::load(&key, &[]).unwrap();
     let put = |name: ObjectName, data: &[u8]| {
         let path = name.path();
-        let sealed = redis_steward::backup_format::seal_all(&path, &keys, 1, data).unwrap();
+        let sealed = redis_steward::backup::format::seal_all(&path, &keys, 1, data).unwrap();
         let file = bucket.join(&path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(file, sealed).unwrap();

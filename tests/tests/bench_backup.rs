@@ -12,7 +12,7 @@
 //!   through `redis-cli --pipe` over TLS, then `backup now`. Reported: the snapshot upload's
 //!   speed (from the agent's log: read base + zstd + seal + write), the whole `backup now`
 //!   (AOF rewrite included), and beside it, on the very same base file: the limit (the bytes
-//!   already in memory, pushed through `backup_format::Sealer` in one pass, no I/O), a plain
+//!   already in memory, pushed through `backup::format::Sealer` in one pass, no I/O), a plain
 //!   copy of the file, and for S3 the same bytes uploaded unsealed through the store (the
 //!   server's own limit); the agent's peak RSS and CPU.
 //! - `wal_shipping_under_write_load`: `redis-benchmark` at full speed (`-t set,lpush -d 100
@@ -20,8 +20,8 @@
 //!   and one without, alternating, `ROUNDS` times (default 3); the backup lag sampled every
 //!   second; medians of the throughput.
 
-use redis_steward::backup_format::Sealer;
-use redis_steward::backup_keys::KeyRing;
+use redis_steward::backup::format::Sealer;
+use redis_steward::backup::keys::KeyRing;
 use redis_steward::store::Store;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -88,7 +88,7 @@ fn windows(bucket: &Path) -> Vec<(u64, u64)> {
     let url = format!("file://{}", bucket.display());
     let store = redis_steward::store::Store::open(&url, &Default::default()).unwrap();
     let cat = rt
-        .block_on(redis_steward::restore::catalog(&store))
+        .block_on(redis_steward::backup::restore::catalog(&store))
         .unwrap();
     cat.chains
         .iter()

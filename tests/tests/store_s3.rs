@@ -50,7 +50,7 @@ async fn the_failover_lease_works_on_s3() {
     let moto = MotoServer::start().unwrap();
     moto.create_bucket("steward").unwrap();
     let store = Store::open("s3://steward/ds-lease", &moto.options()).unwrap();
-    redis_steward::ha::lease_contract::check(&store).await;
+    redis_steward::cluster::ha::lease_contract::check(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,5 +66,5 @@ async fn the_failover_lease_works_on_azurite() {
     let azurite = AzuriteServer::start().unwrap();
     azurite.create_container("steward").unwrap();
     let store = Store::open("az://steward/ds-lease", &azurite.options()).unwrap();
-    redis_steward::ha::lease_contract::check(&store).await;
+    redis_steward::cluster::ha::lease_contract::check(&store).await;
 }

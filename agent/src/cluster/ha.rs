@@ -7,19 +7,19 @@
 //! redis that the supervisor restarts takes no writes until this loop has re-applied the role
 //! and fencing the election last asked for.
 
-use crate::config::ClusterNode;
-use crate::election::{
+use crate::cluster::election::{
     self, Action, Durable, Event, LeaseResult, NodeId, PeerView, PublishedState,
 };
-use crate::fence_guard::{FenceGuard, Fenced, GuardError, GuardSpec};
-use crate::gossip::cluster::{Gossip, Member};
-use crate::redis_client::{self, Info};
-use crate::redis_conf::{
+use crate::cluster::gossip::cluster::{Gossip, Member};
+use crate::config::ClusterNode;
+use crate::node::fence_guard::{FenceGuard, Fenced, GuardError, GuardSpec};
+use crate::node::redis_client::{self, Info};
+use crate::node::redis_conf::{
     derive_epoch_password, CUSTOMER_USER, REPLICATION_USER, UNDECIDED_PRIMARY,
 };
-use crate::secrets::write_file_atomic;
+use crate::node::secrets::write_file_atomic;
+use crate::node::supervisor::RedisState;
 use crate::store::Store;
-use crate::supervisor::RedisState;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -47,7 +47,7 @@ pub struct HaConfig {
     pub cluster_key: [u8; 32],
     pub data_store_id: String,
     /// Told of every promotion and demotion of this node.
-    pub hook: Option<crate::hook::HookHandle>,
+    pub hook: Option<crate::cluster::hook::HookHandle>,
 }
 
 /// What the HA loop knows, for status and the Sentinel-facing parts.
@@ -148,7 +148,7 @@ pub fn spawn(
     let durable = load_durable(&cfg.durable_path)?;
     let (command_tx, command_rx) = mpsc::channel(8);
     // Read before `start`, so deadlines converted from the election's clock err early.
-    let start_mono_ns = crate::fence_guard::monotonic_ns();
+    let start_mono_ns = crate::node::fence_guard::monotonic_ns();
     let start = Instant::now();
     let node =
         election::Node::new(cfg.election.clone(), durable, 0).context("election settings")?;
@@ -566,7 +566,7 @@ impl Shell {
         self.status.send_modify(|st| {
             st.role = role_name(&published);
             st.epoch = published.epoch;
-            crate::logging::set_role(&st.role, st.epoch);
+            crate::log_context::set_role(&st.role, st.epoch);
             st.writable = published.writable;
             st.primary = published.primary.as_ref().map(|p| p.to_string());
             st.members = rows;
@@ -639,7 +639,7 @@ impl Shell {
                 if let Some(hook) = &self.cfg.hook {
                     let me = self.node.me().as_str();
                     let (ip, port) = self.redis_addr_of(me)?;
-                    hook.promoted(Some(crate::hook::Promotion {
+                    hook.promoted(Some(crate::cluster::hook::Promotion {
                         data_store: self.cfg.data_store_id.clone(),
                         node: me.to_string(),
                         address: std::net::SocketAddr::new(ip.parse()?, port).to_string(),

@@ -1,6 +1,6 @@
 //! What the backup shipper should upload next, decided from what it has uploaded (a cursor)
 //! and what redis's AOF directory holds now (the manifest and file sizes). Pure: the shipper
-//! (`backup`) reads the directory, asks, carries the steps out in order and advances the
+//! (`shipper`) reads the directory, asks, carries the steps out in order and advances the
 //! cursor only after each upload succeeded — so a failed or interrupted upload is simply
 //! asked for again, and nothing is ever skipped.
 //!
@@ -9,7 +9,7 @@
 //! or one redis starts by itself when the AOF grows — ends the chain: the rest of its files
 //! (history by then, their sizes final) is shipped, and a new chain starts from the new base.
 
-use crate::aof::{Kind, Manifest};
+use crate::backup::aof::{Kind, Manifest};
 use std::collections::BTreeMap;
 
 /// How far the current chain has been uploaded.

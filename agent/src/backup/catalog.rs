@@ -2,7 +2,7 @@
 //! exist, what each one can restore, what is missing — and the plan for a restore. Pure: the
 //! caller lists the bucket ([`crate::store::Store::list`]) and hands names and sizes in;
 //! nothing here reads, writes or deletes an object. Retention builds on it
-//! ([`crate::retention`]).
+//! ([`crate::backup::retention`]).
 //!
 //! # Object names
 //!

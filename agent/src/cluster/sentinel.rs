@@ -34,7 +34,7 @@
 //! Pure parts (sessions, reply builders, view diffs, glob matching) do no I/O and are
 //! unit-tested; [`SentinelServer`] is the thin network edge.
 
-use crate::resp::{self, Limits, Parsed, Protocol, Value};
+use crate::cluster::resp::{self, Limits, Parsed, Protocol, Value};
 use anyhow::{ensure, Context, Result};
 use bytes::{Buf, BytesMut};
 use sha2::{Digest, Sha256};

@@ -1,8 +1,8 @@
 //! The status report the running agent serves (`/status`) and `redis-steward status` prints,
 //! as JSON or as a readable table. Building and rendering are pure.
 
-use crate::limits::{FdLimit, Memory};
-use crate::supervisor::{Phase, RedisState};
+use crate::node::limits::{FdLimit, Memory};
+use crate::node::supervisor::{Phase, RedisState};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -20,17 +20,17 @@ pub struct NodeStatus {
     pub config: ConfigSummary,
     /// HA data stores: the election's view of every member, as this node sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<crate::ha::HaStatus>,
+    pub cluster: Option<crate::cluster::ha::HaStatus>,
     /// The backup shipper; `None` when backups are off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<crate::backup::BackupStatus>,
+    pub backup: Option<crate::backup::shipper::BackupStatus>,
     /// Problems an operator should look at, in plain words.
     pub warnings: Vec<String>,
 }
 
 /// Add the backup shipper's state (`None`: backups off) to a report, with warnings for what
 /// needs an operator: a failing store, a full spool.
-pub fn add_backup(s: &mut NodeStatus, backup: Option<crate::backup::BackupStatus>) {
+pub fn add_backup(s: &mut NodeStatus, backup: Option<crate::backup::shipper::BackupStatus>) {
     // Backups off is a configuration choice (the table says so), not a fault.
     match &backup {
         None => {}
@@ -111,7 +111,7 @@ pub struct StaticInfo {
 pub fn build(
     st: &StaticInfo,
     redis: &RedisState,
-    cluster: Option<crate::ha::HaStatus>,
+    cluster: Option<crate::cluster::ha::HaStatus>,
     agent_uptime_s: u64,
 ) -> NodeStatus {
     let info = &redis.info;
@@ -185,7 +185,7 @@ pub fn build(
 }
 
 /// One line about redis's own replication state.
-fn replication_summary(info: &crate::redis_client::Info) -> Option<String> {
+fn replication_summary(info: &crate::node::redis_client::Info) -> Option<String> {
     match info.get("role")? {
         "master" => Some(format!(
             "primary, {} replica(s) connected, offset {}",
@@ -355,7 +355,7 @@ pub fn render_table(s: &NodeStatus) -> String {
     }
     if let Some(b) = &s.backup {
         let ago = |t: Option<u64>| match t {
-            Some(t) => crate::backup_catalog::format_utc(t),
+            Some(t) => crate::backup::catalog::format_utc(t),
             None => "never".into(),
         };
         rows.push((
@@ -385,7 +385,7 @@ pub fn render_table(s: &NodeStatus) -> String {
 }
 
 /// The data store as this node sees it, one member a line.
-pub fn render_members(members: &[crate::ha::MemberStatus]) -> String {
+pub fn render_members(members: &[crate::cluster::ha::MemberStatus]) -> String {
     let mut out = format!(
         "\n{:<12} {:<22} {:<8} {:<9} {:>5} {:>12} {:>10} {:<7} {:>10}\n",
         "MEMBER", "REDIS", "GOSSIP", "ROLE", "EPOCH", "OFFSET", "LAG", "REDIS", "HEARD"
@@ -419,8 +419,8 @@ pub fn render_members(members: &[crate::ha::MemberStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::MemorySource;
-    use crate::redis_client::Info;
+    use crate::node::limits::MemorySource;
+    use crate::node::redis_client::Info;
 
     fn static_info(fd_soft: u64) -> StaticInfo {
         StaticInfo {

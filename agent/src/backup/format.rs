@@ -43,7 +43,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zstd::stream::raw::{CParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
-use crate::backup_keys::{KeyId, KeyRing, KEY_LEN};
+use crate::backup::keys::{KeyId, KeyRing, KEY_LEN};
 
 /// First bytes of every sealed backup object.
 pub const MAGIC: [u8; 4] = *b"RSBK";

@@ -178,7 +178,7 @@ fn api_addr(api: Option<SocketAddr>, config: &std::path::Path) -> Result<SocketA
 
 /// Ask for a switchover, then wait for a different writable primary.
 async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Result<()> {
-    let writable_primary = |s: &crate::status::NodeStatus| {
+    let writable_primary = |s: &crate::ops::status::NodeStatus| {
         let c = s.cluster.as_ref()?;
         // A dead member's last gossiped state may still say primary: only live ones count.
         c.members
@@ -187,7 +187,7 @@ async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Res
             .max_by_key(|m| m.epoch)
             .map(|m| (m.name.clone(), m.epoch))
     };
-    let before = crate::api::fetch_status(addr).await?;
+    let before = crate::ops::api::fetch_status(addr).await?;
     let old = writable_primary(&before);
     let path = match &to {
         Some(t) => format!("/switchover?to={t}"),
@@ -195,8 +195,8 @@ async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Res
     };
     let started = std::time::Instant::now();
     let (code, body) =
-        crate::api::http_request(addr, "POST", &path, Duration::from_secs(20)).await?;
-    let answer: crate::api::SwitchoverAnswer = serde_json::from_str(&body)
+        crate::ops::api::http_request(addr, "POST", &path, Duration::from_secs(20)).await?;
+    let answer: crate::ops::api::SwitchoverAnswer = serde_json::from_str(&body)
         .with_context(|| format!("agent API answered {code}: {}", body.trim()))?;
     if !answer.started {
         anyhow::bail!("switchover refused: {}", answer.message);
@@ -205,7 +205,7 @@ async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Res
     let deadline = started + wait;
     while std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(now) = crate::api::fetch_status(addr).await else {
+        let Ok(now) = crate::ops::api::fetch_status(addr).await else {
             continue;
         };
         if let Some((name, epoch)) = writable_primary(&now) {
@@ -270,10 +270,14 @@ fn backup(action: BackupCmd) -> Result<()> {
         BackupCmd::Now { config, api } => {
             let addr = api_addr(api, &config)?;
             runtime()?.block_on(async {
-                let (code, body) =
-                    crate::api::http_request(addr, "POST", "/backup", Duration::from_secs(3700))
-                        .await?;
-                let answer: crate::api::SwitchoverAnswer = serde_json::from_str(&body)
+                let (code, body) = crate::ops::api::http_request(
+                    addr,
+                    "POST",
+                    "/backup",
+                    Duration::from_secs(3700),
+                )
+                .await?;
+                let answer: crate::ops::api::SwitchoverAnswer = serde_json::from_str(&body)
                     .with_context(|| format!("agent API answered {code}: {}", body.trim()))?;
                 if !answer.started {
                     anyhow::bail!("no snapshot: {}", answer.message);
@@ -284,13 +288,17 @@ fn backup(action: BackupCmd) -> Result<()> {
         }
         BackupCmd::List { config } => {
             let (_, store) = open_store(&config)?;
-            let cat = runtime()?.block_on(crate::restore::catalog(&store))?;
+            let cat = runtime()?.block_on(crate::backup::restore::catalog(&store))?;
             print!("{}", cat.render_table());
             Ok(())
         }
         BackupCmd::Verify { config, chain } => {
             let (store, keys) = backup_reader(&config::load(&config)?)?;
-            let v = runtime()?.block_on(crate::restore::verify(&store, &keys, chain.as_deref()))?;
+            let v = runtime()?.block_on(crate::backup::restore::verify(
+                &store,
+                &keys,
+                chain.as_deref(),
+            ))?;
             for (object, e) in &v.failures {
                 eprintln!("FAILED {object}: {e}");
             }
@@ -312,12 +320,12 @@ fn backup(action: BackupCmd) -> Result<()> {
 /// The store and keys of `[backup]`, for commands that read backups.
 fn backup_reader(
     cfg: &config::Config,
-) -> Result<(crate::store::Store, crate::backup_keys::KeyRing)> {
+) -> Result<(crate::store::Store, crate::backup::keys::KeyRing)> {
     let b = cfg
         .backup
         .as_ref()
         .context("no [backup] section in the config: backups are off")?;
-    crate::restore::open_backups(b)
+    crate::backup::restore::open_backups(b)
 }
 
 fn restore(
@@ -328,15 +336,15 @@ fn restore(
 ) -> Result<()> {
     use std::io::{IsTerminal, Write};
     let cfg = config::load(config)?;
-    let at = at.map(crate::restore::parse_time).transpose()?;
+    let at = at.map(crate::backup::restore::parse_time).transpose()?;
     let (store, keys) = backup_reader(&cfg)?;
     let dir = target.unwrap_or_else(|| cfg.data_dir.clone());
-    crate::secrets::ensure_dir(&dir, 0o750)?;
-    let lock = crate::layout::Layout::new(&dir, &cfg.state_dir).lock_file();
-    let _lock = crate::lock::DataDirLock::acquire(&lock, &dir)?;
+    crate::node::secrets::ensure_dir(&dir, 0o750)?;
+    let lock = crate::node::layout::Layout::new(&dir, &cfg.state_dir).lock_file();
+    let _lock = crate::node::lock::DataDirLock::acquire(&lock, &dir)?;
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
-    let restored = runtime()?.block_on(crate::restore::restore(
+    let restored = runtime()?.block_on(crate::backup::restore::restore(
         &store,
         &keys,
         at,
@@ -389,10 +397,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             start_empty,
         } => {
             let cfg = config::load(&config)?;
-            crate::logging::init();
-            crate::logging::set_node(&cfg.node_name);
-            let opts = crate::agent::RunOptions { start_empty };
-            runtime()?.block_on(crate::agent::run(cfg, opts))
+            crate::ops::logging::init();
+            crate::log_context::set_node(&cfg.node_name);
+            let opts = crate::ops::run::RunOptions { start_empty };
+            runtime()?.block_on(crate::ops::run::run(cfg, opts))
         }
         Cmd::Switchover {
             config,
@@ -412,20 +420,20 @@ fn dispatch(cli: Cli) -> Result<()> {
         } => restore(&config, at.as_deref(), target, force),
         Cmd::Status { config, api, json } => {
             let addr = api_addr(api, &config)?;
-            let status = runtime()?.block_on(crate::api::fetch_status(addr))?;
+            let status = runtime()?.block_on(crate::ops::api::fetch_status(addr))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", crate::status::render_table(&status));
+                print!("{}", crate::ops::status::render_table(&status));
             }
             Ok(())
         }
-        Cmd::FenceGuard => crate::fence_guard::run_guard(),
+        Cmd::FenceGuard => crate::node::fence_guard::run_guard(),
         Cmd::Keygen { path } => {
             if path.exists() {
                 anyhow::bail!("{} exists; not overwriting a key", path.display());
             }
-            crate::keyfile::generate(&path)?;
+            crate::node::keyfile::generate(&path)?;
             println!("wrote a new key to {} (mode 0600)", path.display());
             Ok(())
         }

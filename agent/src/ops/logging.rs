@@ -1,6 +1,6 @@
 //! Log setup. Under systemd the agent writes to journald's native socket, one datagram per
 //! record, with fields an operator can filter on: `REDIS_STEWARD_NODE`, `REDIS_STEWARD_ROLE`,
-//! `REDIS_STEWARD_EPOCH` (from a small shared [`LogContext`] the agent and the HA shell keep
+//! `REDIS_STEWARD_EPOCH` (from the small shared [`LogContext`] the agent and the HA shell keep
 //! current), `REDIS_STEWARD_TARGET` (`redis` for redis-server's own lines) and the usual
 //! `PRIORITY`, `SYSLOG_IDENTIFIER`, `CODE_FILE`/`CODE_LINE`. Anywhere else it keeps plain lines
 //! on stderr: colours only on a terminal, no timestamps when stderr is a journal stream.
@@ -16,10 +16,11 @@
 //! newline. A record the socket refuses (journald gone, or too large) is written to stderr
 //! instead, so nothing is lost silently.
 
+use crate::log_context::LogContext;
 use std::io::{IsTerminal, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -32,59 +33,6 @@ pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 /// Records longer than this lose the end of their message (journald's datagrams are limited
 /// by the socket buffers; the agent's records are a line or two).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-
-/// What every record carries about the node: its slot name, and in an HA data store the role
-/// and epoch it publishes. Shared between the threads that log and the code that learns them.
-#[derive(Debug, Default)]
-pub struct LogContext {
-    inner: RwLock<ContextFields>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct ContextFields {
-    node: Option<String>,
-    role: Option<String>,
-    epoch: Option<u64>,
-}
-
-impl LogContext {
-    pub fn set_node(&self, name: &str) {
-        self.write(|c| c.node = Some(name.to_string()));
-    }
-
-    pub fn set_role(&self, role: &str, epoch: u64) {
-        self.write(|c| {
-            c.role = Some(role.to_string());
-            c.epoch = Some(epoch);
-        });
-    }
-
-    fn write(&self, f: impl FnOnce(&mut ContextFields)) {
-        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard);
-    }
-
-    fn snapshot(&self) -> ContextFields {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-static CONTEXT: std::sync::OnceLock<Arc<LogContext>> = std::sync::OnceLock::new();
-
-fn context() -> &'static Arc<LogContext> {
-    CONTEXT.get_or_init(Default::default)
-}
-
-/// This node's slot name, attached to every journal record from now on.
-pub fn set_node(name: &str) {
-    context().set_node(name);
-}
-
-/// The role and epoch this node publishes (HA data stores), attached to every journal record
-/// from now on.
-pub fn set_role(role: &str, epoch: u64) {
-    context().set_role(role, epoch);
-}
 
 /// Where log records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +83,7 @@ pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match choose_sink() {
         Sink::Journald(path) => {
-            let layer = JournaldLayer::new(path, context().clone());
+            let layer = JournaldLayer::new(path, crate::log_context::global().clone());
             let _ = tracing_subscriber::registry()
                 .with(filter)
                 .with(layer)

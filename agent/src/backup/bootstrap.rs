@@ -16,9 +16,9 @@
 //!   backup store that cannot be read, or backups none of which restores, stop the start
 //!   rather than risk serving an empty data set; `run --start-empty` overrides.
 
-use crate::backup_catalog::{format_utc, Catalog};
-use crate::election::{PublishedState, Role};
-use crate::gossip::cluster::Gossip;
+use crate::backup::catalog::{format_utc, Catalog};
+use crate::cluster::election::{PublishedState, Role};
+use crate::cluster::gossip::cluster::Gossip;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -152,29 +152,30 @@ pub fn marker_path(state_dir: &Path) -> std::path::PathBuf {
 /// Where the backups are, when they are on.
 pub struct BackupSource<'a> {
     pub store: &'a crate::store::Store,
-    pub keys: &'a crate::backup_keys::KeyRing,
+    pub keys: &'a crate::backup::keys::KeyRing,
 }
 
 /// Gather the facts, decide, and carry it out (a restore) before redis starts. Returns the
-/// decision; an error when the decision is to refuse.
+/// decision; an error when the decision is to refuse. `busy` hears what it is doing while that
+/// takes time (the agent passes it on to systemd, so a long restore is not a failed start).
 pub async fn prepare(
     data_dir: &Path,
     state_dir: &Path,
     gossip: Option<&Gossip>,
     backups: Option<BackupSource<'_>>,
     start_empty: bool,
-    notifier: &mut crate::systemd::Notifier,
+    mut busy: impl FnMut(&str),
 ) -> Result<Option<Decision>> {
     let marker = marker_path(state_dir);
-    if crate::restore::holds_data(data_dir) {
+    if crate::backup::restore::holds_data(data_dir) {
         if !marker.exists() {
-            crate::secrets::write_file_atomic(&marker, b"", 0o600)?;
+            crate::node::secrets::write_file_atomic(&marker, b"", 0o600)?;
         }
         return Ok(None);
     }
     let live_primary = match gossip {
         Some(g) => {
-            notifier.busy("empty data directory: looking for a live primary");
+            busy("empty data directory: looking for a live primary");
             find_live_primary(g, Duration::from_secs(3)).await
         }
         None => None,
@@ -200,24 +201,28 @@ pub async fn prepare(
             info!("{}", decision.reason);
             let b = backups.expect("a restore decision needs backups");
             let mut last_log = Instant::now();
-            let restored = crate::restore::restore(b.store, b.keys, None, data_dir, false, |p| {
-                notifier.busy(&format!("restoring from backup: {p}"));
-                if last_log.elapsed() >= Duration::from_secs(5) {
-                    info!("restoring from backup: {p}");
-                    last_log = Instant::now();
-                }
-            })
-            .await
-            .context("restoring the newest backup into the empty data directory")?;
+            let restored =
+                crate::backup::restore::restore(b.store, b.keys, None, data_dir, false, |p| {
+                    busy(&format!("restoring from backup: {p}"));
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        info!("restoring from backup: {p}");
+                        last_log = Instant::now();
+                    }
+                })
+                .await
+                .context("restoring the newest backup into the empty data directory")?;
             info!("{restored}");
         }
     }
-    crate::secrets::write_file_atomic(&marker, b"", 0o600)?;
+    crate::node::secrets::write_file_atomic(&marker, b"", 0o600)?;
     Ok(Some(decision))
 }
 
 async fn look_at_backups(store: &crate::store::Store) -> Backups {
-    let listed = tokio::time::timeout(Duration::from_secs(30), crate::restore::catalog(store));
+    let listed = tokio::time::timeout(
+        Duration::from_secs(30),
+        crate::backup::restore::catalog(store),
+    );
     let cat: Catalog = match listed.await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Backups::Unreadable(format!("{e:#}")),
@@ -250,7 +255,7 @@ async fn find_live_primary(g: &Gossip, wait: Duration) -> Option<String> {
         for m in g.members().await.iter().filter(|m| m.alive) {
             let state = m
                 .keys
-                .get(crate::ha::STATE_KEY)
+                .get(crate::cluster::ha::STATE_KEY)
                 .and_then(|s| serde_json::from_str::<PublishedState>(s).ok());
             if state.is_some_and(|s| s.role == Role::Primary && s.writable) {
                 return Some(m.name.clone());

@@ -32,7 +32,7 @@
 //! just planning again. Deleting WAL first would leave, after an interruption, a base with a
 //! truncated WAL that the catalog can only tell apart from a complete chain when a gap shows.
 
-use crate::backup_catalog::{format_utc, Catalog, Chain, ChainId};
+use crate::backup::catalog::{format_utc, Catalog, Chain, ChainId};
 use crate::plan::Plan;
 use std::time::Duration;
 
@@ -148,8 +148,8 @@ pub fn delete_order(chain: &Chain) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup_catalog::testkit::*;
-    use crate::backup_catalog::{ListedObject, ObjectName};
+    use crate::backup::catalog::testkit::*;
+    use crate::backup::catalog::{ListedObject, ObjectName};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use std::collections::BTreeSet;

@@ -1,22 +1,23 @@
 //! The backup shipper: while this node is the writable primary, it uploads a snapshot (an AOF
 //! rewrite's base) and then the write-ahead log (the new bytes of redis's incremental AOF
-//! files) every `wal_interval`, sealed (`backup_format`), to the backup store; it starts a
+//! files) every `wal_interval`, sealed (`format`), to the backup store; it starts a
 //! new chain on every rewrite (daily snapshot, `backup now`, a new primary, or one redis
 //! starts by itself) and prunes old chains by the plan's history (`retention`).
 //!
-//! One select loop. Decisions come from `backup_plan::next_steps` (pure); this module only
+//! One select loop. Decisions come from `plan::next_steps` (pure); this module only
 //! observes (manifest, file sizes), carries steps out in order, and advances the cursor after
 //! each success. Redis keeps the files a rewrite replaces (`aof-disable-auto-gc yes`) until
 //! they are uploaded, so the AOF directory itself is the spool: a store outage loses nothing,
 //! and when the un-uploaded bytes pass `spool_limit` the agent says so loudly (log, status,
 //! metric) instead of dropping WAL.
 
-use crate::aof::Manifest;
-use crate::backup_catalog::{ChainId, ObjectName};
-use crate::backup_format::Sealer;
-use crate::backup_keys::KeyRing;
-use crate::backup_plan::{self, Cursor, Observed, Step};
-use crate::redis_client::AdminLink;
+use crate::backup::aof::Manifest;
+use crate::backup::catalog::{ChainId, ObjectName};
+use crate::backup::format::Sealer;
+use crate::backup::keys::KeyRing;
+use crate::backup::now_ms;
+use crate::backup::plan::{self, Cursor, Observed, Step};
+use crate::node::redis_client::AdminLink;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -150,13 +151,6 @@ struct Shipper {
     spool_warned_at: Option<Instant>,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The daily snapshot is due: today's snapshot time has passed and no snapshot since.
 pub fn snapshot_due(now_ms: u64, at: (u8, u8), last_snapshot_ms: Option<u64>) -> bool {
     const DAY: u64 = 86_400_000;
@@ -250,14 +244,14 @@ impl Shipper {
                 return;
             }
         };
-        let steps = backup_plan::next_steps(self.cursor.as_ref(), &obs, MAX_SEGMENT);
+        let steps = plan::next_steps(self.cursor.as_ref(), &obs, MAX_SEGMENT);
         for step in steps {
             if let Err(e) = self.execute(&step, &obs).await {
                 self.failed(format!("{e:#}"));
                 self.report(&obs);
                 return;
             }
-            self.cursor = backup_plan::advance(self.cursor.take(), &step);
+            self.cursor = plan::advance(self.cursor.take(), &step);
             if matches!(step, Step::EndChain | Step::Abandon { .. }) {
                 self.chain = None;
             }
@@ -295,7 +289,7 @@ impl Shipper {
 
     /// Lag, spool alarm and state for status.
     fn report(&mut self, obs: &Observed) {
-        let lag = backup_plan::lag_bytes(self.cursor.as_ref(), obs);
+        let lag = plan::lag_bytes(self.cursor.as_ref(), obs);
         match (lag, self.lag_since) {
             (0, _) => self.lag_since = None,
             (_, None) => self.lag_since = Some(now_ms()),
@@ -352,7 +346,7 @@ impl Shipper {
 
     async fn observe(&mut self) -> Result<Observed> {
         let observed_at = now_ms();
-        let path = self.s.aof_dir.join(crate::layout::AOF_MANIFEST_NAME);
+        let path = self.s.aof_dir.join(crate::node::layout::AOF_MANIFEST_NAME);
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(t) => t,
             // Redis has not written its AOF yet (starting): nothing to do.
@@ -465,7 +459,7 @@ impl Shipper {
                         unix_ms: now_ms(),
                     }
                     .path();
-                    let sealed = crate::backup_format::seal_all(
+                    let sealed = crate::backup::format::seal_all(
                         &object,
                         &self.s.keys,
                         self.s.zstd_level,
@@ -596,8 +590,8 @@ impl Shipper {
     /// Apply the plan's retention; a failure is logged and retried after the next snapshot.
     async fn prune(&mut self) {
         let r: Result<usize> = async {
-            let catalog = crate::restore::catalog(&self.s.store).await?;
-            let plan = crate::retention::plan_prune(&catalog, self.s.history, now_ms());
+            let catalog = crate::backup::restore::catalog(&self.s.store).await?;
+            let plan = crate::backup::retention::plan_prune(&catalog, self.s.history, now_ms());
             for path in &plan.delete {
                 self.s.store.delete(path).await?;
             }

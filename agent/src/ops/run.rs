@@ -2,19 +2,19 @@
 //! ACL, firewall), starts the supervisor and the API, and runs the agent's main loop (signals,
 //! systemd notifications and watchdog) until it is told to stop.
 
-use crate::api::{self, ApiState};
 use crate::config::{Config, FirewallBackend, TlsConfig};
-use crate::firewall::Firewall;
-use crate::layout::Layout;
-use crate::limits;
-use crate::lock::DataDirLock;
-use crate::metrics::Metrics;
-use crate::redis_conf::{self, RedisSettings, ADMIN_USER};
-use crate::secrets::{self, ensure_dir, write_file_atomic};
-use crate::status::{ConfigSummary, StaticInfo};
-use crate::supervisor::{self, Phase, RedisState, SupervisorConfig};
-use crate::systemd::Notifier;
-use crate::tls;
+use crate::node::firewall::Firewall;
+use crate::node::layout::Layout;
+use crate::node::limits;
+use crate::node::lock::DataDirLock;
+use crate::node::redis_conf::{self, RedisSettings, ADMIN_USER};
+use crate::node::secrets::{self, ensure_dir, write_file_atomic};
+use crate::node::supervisor::{self, Phase, RedisState, SupervisorConfig};
+use crate::node::tls;
+use crate::ops::api::{self, ApiState};
+use crate::ops::metrics::Metrics;
+use crate::ops::status::{ConfigSummary, StaticInfo};
+use crate::ops::systemd::Notifier;
 use anyhow::{Context, Result};
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -89,47 +89,49 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         cert_addrs.push(c.advertise_address);
     }
     let tls_files = tls::prepare(&cfg.tls, &layout, &cfg.node_name, &cert_addrs)?;
-    let sentinel_server =
-        crate::sentinel::SentinelServer::bind(crate::sentinel::SentinelSettings {
+    let sentinel_server = crate::cluster::sentinel::SentinelServer::bind(
+        crate::cluster::sentinel::SentinelSettings {
             listen: sentinel_listen,
-            tls: crate::sentinel::server_tls_config(&tls_files.cert, &tls_files.key)
+            tls: crate::cluster::sentinel::server_tls_config(&tls_files.cert, &tls_files.key)
                 .context("TLS for the Sentinel port")?,
             password: customer_password.clone(),
-            run_id: crate::discovery::run_id(&cfg.data_store_id, &cfg.node_name),
-        })
-        .await
-        .context("config key `sentinel.port`")?;
+            run_id: crate::cluster::discovery::run_id(&cfg.data_store_id, &cfg.node_name),
+        },
+    )
+    .await
+    .context("config key `sentinel.port`")?;
 
     // HA data stores share one key: it seals gossip and derives the replication password.
     let cluster_key = match &cfg.cluster {
         Some(c) => Some(
-            crate::keyfile::load(&c.gossip_key_file)
+            crate::node::keyfile::load(&c.gossip_key_file)
                 .context("config key `cluster.gossip_key_file`")?,
         ),
         None => None,
     };
     // An empty data directory: join a live primary, restore the newest backup, or start
-    // empty — before redis starts (crate::bootstrap).
+    // empty — before redis starts (crate::backup::bootstrap).
     let mut gossip = match (&cfg.cluster, cluster_key) {
         (Some(c), Some(key)) => Some(start_gossip(&cfg, c, key).await?),
         _ => None,
     };
     // Opened once: the bootstrap reads the backups, the shipper later writes them.
     let backups = match cfg.backup.as_ref().filter(|b| b.key_file.is_some()) {
-        Some(b) => Some((b, crate::restore::open_backups(b)?)),
+        Some(b) => Some((b, crate::backup::restore::open_backups(b)?)),
         None => None,
     };
     {
+        let mut notifier = Notifier::from_env();
         let source = backups
             .as_ref()
-            .map(|(_, (store, keys))| crate::bootstrap::BackupSource { store, keys });
-        let prepared = crate::bootstrap::prepare(
+            .map(|(_, (store, keys))| crate::backup::bootstrap::BackupSource { store, keys });
+        let prepared = crate::backup::bootstrap::prepare(
             &layout.data_dir,
             &layout.state_dir,
             gossip.as_ref(),
             source,
             opts.start_empty,
-            &mut Notifier::from_env(),
+            |what| notifier.busy(what),
         )
         .await;
         if let Err(e) = prepared {
@@ -205,22 +207,19 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         .set(1);
     metrics.nofile_limit.set(fd.soft as i64);
 
-    let sup = supervisor::spawn(
-        SupervisorConfig {
-            redis_server: cfg.redis.server_path.clone(),
-            redis_conf: layout.redis_conf(),
-            socket: layout.redis_socket(),
-            admin_user: ADMIN_USER.into(),
-            admin_password: secrets.admin_password.clone(),
-        },
-        metrics.clone(),
-    );
+    let sup = supervisor::spawn(SupervisorConfig {
+        redis_server: cfg.redis.server_path.clone(),
+        redis_conf: layout.redis_conf(),
+        socket: layout.redis_socket(),
+        admin_user: ADMIN_USER.into(),
+        admin_password: secrets.admin_password.clone(),
+    });
 
     let hook = cfg
         .hooks
         .on_promote
         .clone()
-        .map(|argv| crate::hook::spawn(argv, cfg.hooks.timeout));
+        .map(|argv| crate::cluster::hook::spawn(argv, cfg.hooks.timeout));
     let (ha, ha_commands, gossip_counters) = match &cfg.cluster {
         Some(c) => {
             let (ha, commands, counters) = start_ha(
@@ -242,11 +241,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     };
 
     let replacement = match (&cfg.hooks.on_node_lost, &ha) {
-        (Some(argv), Some(ha)) => Some(crate::replacement::spawn(
-            crate::replacement::Settings {
+        (Some(argv), Some(ha)) => Some(crate::cluster::replacement::spawn(
+            crate::cluster::replacement::Settings {
                 argv: argv.clone(),
                 timeout: cfg.hooks.timeout,
-                timing: crate::replacement::Timing {
+                timing: crate::cluster::replacement::Timing {
                     after: cfg.hooks.node_lost_after,
                     repeat: cfg.hooks.node_lost_repeat,
                 },
@@ -280,7 +279,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         hook_counters: hook.as_ref().map(|h| h.counters.clone()),
         backup: backup.as_ref().map(|(h, tx)| (h.state.clone(), tx.clone())),
     });
-    let (view_tx, view_rx) = watch::channel(crate::sentinel::SentinelView::default());
+    let (view_tx, view_rx) = watch::channel(crate::cluster::sentinel::SentinelView::default());
     let view_task = tokio::spawn(feed_sentinel_view(
         cfg.clone(),
         sup.state.clone(),
@@ -344,13 +343,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 fn start_backup(
     cfg: &Config,
     b: &crate::config::BackupConfig,
-    (store, keys): (crate::store::Store, crate::backup_keys::KeyRing),
+    (store, keys): (crate::store::Store, crate::backup::keys::KeyRing),
     layout: &Layout,
     secrets: &secrets::AgentSecrets,
-    ha: Option<&crate::ha::HaHandle>,
+    ha: Option<&crate::cluster::ha::HaHandle>,
 ) -> (
-    crate::backup::BackupHandle,
-    tokio::sync::mpsc::Sender<crate::backup::BackupCommand>,
+    crate::backup::shipper::BackupHandle,
+    tokio::sync::mpsc::Sender<crate::backup::shipper::BackupCommand>,
 ) {
     // Who may upload: the writable primary of the current epoch (one node: always).
     let (role_tx, role_rx) = watch::channel(if ha.is_some() { None } else { Some(1) });
@@ -369,8 +368,8 @@ fn start_backup(
             }
         });
     }
-    crate::backup::spawn(
-        crate::backup::BackupSettings {
+    crate::backup::shipper::spawn(
+        crate::backup::shipper::BackupSettings {
             store,
             keys: Arc::new(keys),
             data_store: cfg.data_store_id.clone(),
@@ -383,7 +382,7 @@ fn start_backup(
             snapshot_time: b.snapshot_time,
             spool_limit_bytes: b.spool_limit_bytes,
             zstd_level: b.zstd_level,
-            history: crate::retention::history_for(cfg.plan),
+            history: crate::backup::retention::history_for(cfg.plan),
         },
         role_rx,
     )
@@ -394,10 +393,10 @@ fn start_backup(
 async fn feed_sentinel_view(
     cfg: Config,
     mut redis: watch::Receiver<RedisState>,
-    ha: Option<watch::Receiver<crate::ha::HaStatus>>,
-    view: watch::Sender<crate::sentinel::SentinelView>,
+    ha: Option<watch::Receiver<crate::cluster::ha::HaStatus>>,
+    view: watch::Sender<crate::cluster::sentinel::SentinelView>,
 ) {
-    use crate::discovery::{self, NodeAddrs};
+    use crate::cluster::discovery::{self, NodeAddrs};
     match (ha, &cfg.cluster) {
         (Some(mut ha), Some(c)) => {
             let nodes: Vec<NodeAddrs> = c
@@ -463,8 +462,8 @@ async fn start_gossip(
     cfg: &Config,
     c: &crate::config::ClusterConfig,
     key: [u8; 32],
-) -> Result<crate::gossip::cluster::Gossip> {
-    use crate::gossip::cluster::{Gossip, GossipSettings};
+) -> Result<crate::cluster::gossip::cluster::Gossip> {
+    use crate::cluster::gossip::cluster::{Gossip, GossipSettings};
     let gossip_addr = SocketAddr::new(c.advertise_address, c.gossip_port);
     Gossip::start(
         GossipSettings {
@@ -483,7 +482,7 @@ async fn start_gossip(
         },
         vec![
             (
-                crate::ha::REDIS_ADDR_KEY.to_string(),
+                crate::cluster::ha::REDIS_ADDR_KEY.to_string(),
                 SocketAddr::new(c.advertise_address, cfg.redis.port).to_string(),
             ),
             ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
@@ -494,7 +493,7 @@ async fn start_gossip(
 
 /// The data store's gossip, joined, and the key it is sealed with.
 struct Joined {
-    gossip: crate::gossip::cluster::Gossip,
+    gossip: crate::cluster::gossip::cluster::Gossip,
     key: [u8; 32],
 }
 
@@ -505,13 +504,13 @@ async fn start_ha(
     layout: &Layout,
     secrets: &secrets::AgentSecrets,
     sup: &supervisor::SupervisorHandle,
-    hook: Option<crate::hook::HookHandle>,
+    hook: Option<crate::cluster::hook::HookHandle>,
 ) -> Result<(
-    crate::ha::HaHandle,
-    tokio::sync::mpsc::Sender<crate::ha::HaCommand>,
-    Arc<crate::gossip::transport::GossipCounters>,
+    crate::cluster::ha::HaHandle,
+    tokio::sync::mpsc::Sender<crate::cluster::ha::HaCommand>,
+    Arc<crate::cluster::gossip::transport::GossipCounters>,
 )> {
-    use crate::election::{self, NodeId};
+    use crate::cluster::election::{self, NodeId};
     let gossip_addr = SocketAddr::new(c.advertise_address, c.gossip_port);
     let counters = joined.gossip.counters();
     let lease_store = match (&cfg.backup, c.nodes.len()) {
@@ -523,8 +522,8 @@ async fn start_ha(
         ),
         _ => None,
     };
-    let (ha, commands) = crate::ha::spawn(
-        crate::ha::HaConfig {
+    let (ha, commands) = crate::cluster::ha::spawn(
+        crate::cluster::ha::HaConfig {
             election: election::Config {
                 me: NodeId::new(cfg.node_name.clone()),
                 voters: c
@@ -578,7 +577,7 @@ fn summary(cfg: &Config) -> ConfigSummary {
 }
 
 /// A one-line STATUS= for systemd.
-fn systemd_status(s: &RedisState, ha: Option<&crate::ha::HaStatus>) -> String {
+fn systemd_status(s: &RedisState, ha: Option<&crate::cluster::ha::HaStatus>) -> String {
     match (s.phase, s.healthy) {
         (Phase::Running, true) => format!(
             "{}, redis pid {} serving {} clients",
@@ -602,7 +601,7 @@ fn systemd_status(s: &RedisState, ha: Option<&crate::ha::HaStatus>) -> String {
 /// Wait for SIGTERM/SIGINT while keeping systemd informed.
 async fn main_loop(
     mut state: tokio::sync::watch::Receiver<RedisState>,
-    ha: Option<tokio::sync::watch::Receiver<crate::ha::HaStatus>>,
+    ha: Option<tokio::sync::watch::Receiver<crate::cluster::ha::HaStatus>>,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

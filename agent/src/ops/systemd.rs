@@ -1,12 +1,10 @@
 //! systemd integration: READY / STATUS / WATCHDOG / STOPPING over $NOTIFY_SOCKET.
 //! Everything is a no-op when the agent was not started by systemd (no NOTIFY_SOCKET).
+//! The supervisor keeps NOTIFY_SOCKET and WATCHDOG_* out of redis-server's environment.
 
 use sd_notify::NotifyState;
 use std::time::Duration;
 use tracing::debug;
-
-/// Variables the agent consumes and must not pass on to redis-server.
-pub const ENV_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 pub struct Notifier {
     enabled: bool,

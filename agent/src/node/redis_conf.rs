@@ -2,7 +2,7 @@
 //! the files. Blocking customer commands is done by ACL so that customers see Redis's own
 //! NOPERM error.
 
-use crate::layout::{Layout, AOF_DIR_NAME, AOF_FILE_NAME};
+use crate::node::layout::{Layout, AOF_DIR_NAME, AOF_FILE_NAME};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::net::IpAddr;

@@ -7,8 +7,8 @@
 //! replacement is promoted — so clients retry instead of being sent to a replica. A new
 //! primary replaces it in one view, which is what produces `+switch-master`.
 
-use crate::ha::HaStatus;
-use crate::sentinel::{Endpoint, ReplicaEntry, SentinelPeer, SentinelView};
+use crate::cluster::ha::HaStatus;
+use crate::cluster::sentinel::{Endpoint, ReplicaEntry, SentinelPeer, SentinelView};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 
@@ -126,7 +126,7 @@ pub fn single(data_store: &str, ip: IpAddr, redis_port: u16, redis_healthy: bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::MemberStatus;
+    use crate::cluster::ha::MemberStatus;
 
     fn nodes() -> Vec<NodeAddrs> {
         (1..=3)

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text at `/metrics` by the local API.
 
-use crate::redis_client::Info;
+use crate::node::redis_client::Info;
+use crate::node::supervisor::RedisState;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -183,6 +184,17 @@ impl Metrics {
         m
     }
 
+    /// Copy what the supervisor last learned about redis into the registry: up while its
+    /// last probe was answered, the restarts it counted, and the INFO gauges.
+    pub fn observe_redis(&self, s: &RedisState) {
+        self.redis_up.set(s.healthy as i64);
+        // A counter only rises: concurrent scrapes both raising it to the count stay correct.
+        self.redis_restarts
+            .inner()
+            .fetch_max(s.restarts, std::sync::atomic::Ordering::Relaxed);
+        self.observe_info(&s.info);
+    }
+
     /// Update the gauges that come straight from redis's INFO.
     pub fn observe_info(&self, info: &Info) {
         let set = |g: &Gauge, key: &str| {
@@ -199,7 +211,7 @@ impl Metrics {
     }
 
     /// Copy the gossip transport's counters (kept as atomics there) into the registry.
-    pub fn observe_gossip(&self, c: &crate::gossip::transport::GossipCounters) {
+    pub fn observe_gossip(&self, c: &crate::cluster::gossip::transport::GossipCounters) {
         let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         self.gossip_datagrams
             .get_or_create(&label("direction", "sent"))
@@ -214,7 +226,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe_ha(&self, s: &crate::ha::HaStatus) {
+    pub fn observe_ha(&self, s: &crate::cluster::ha::HaStatus) {
         self.ha_epoch.set(s.epoch as i64);
         self.ha_writable_primary
             .set((s.role == "primary" && s.writable) as i64);
@@ -222,7 +234,7 @@ impl Metrics {
             .set(s.members.iter().filter(|m| m.alive || m.is_self).count() as i64);
     }
 
-    pub fn observe_backup(&self, b: &crate::backup::BackupStatus) {
+    pub fn observe_backup(&self, b: &crate::backup::shipper::BackupStatus) {
         self.backup_lag_bytes.set(b.lag_bytes as i64);
         self.backup_lag_seconds.set(b.lag_seconds as i64);
         self.backup_spool_full.set(b.spool_full as i64);
@@ -232,7 +244,7 @@ impl Metrics {
         self.backup_uploaded_bytes.set(b.uploaded_bytes as i64);
     }
 
-    pub fn observe_hook(&self, c: &crate::hook::HookCounters) {
+    pub fn observe_hook(&self, c: &crate::cluster::hook::HookCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         self.hook_runs.set(c.runs.load(Relaxed) as i64);
         self.hook_failures.set(c.failures.load(Relaxed) as i64);
@@ -281,5 +293,39 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Every line of `want` is a line of the encoded registry.
+    fn assert_encodes(m: &Metrics, want: &[&str]) {
+        let text = m.encode();
+        for line in want {
+            assert!(text.lines().any(|l| l == *line), "{line:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn observes_the_supervisor_state() {
+        let m = Metrics::new();
+        let mut s = RedisState::new();
+        m.observe_redis(&s);
+        let before = [
+            "redis_steward_redis_up 0",
+            "redis_steward_redis_restarts_total 0",
+        ];
+        assert_encodes(&m, &before);
+        s.healthy = true;
+        s.restarts = 2;
+        s.info = Info::parse("connected_clients:3\r\n");
+        // Observed twice (two scrapes): the restarts are counted once.
+        m.observe_redis(&s);
+        m.observe_redis(&s);
+        assert_encodes(
+            &m,
+            &[
+                "redis_steward_redis_up 1",
+                "redis_steward_redis_restarts_total 2",
+                "redis_steward_redis_connected_clients 3",
+            ],
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! 32-byte secret keys kept in files (the data store's gossip key; backup keys later): raw
+//! 32-byte secret keys kept in files (the data store's gossip key, backup keys): raw
 //! bytes or 64 hex digits, and never readable by group or others.
 
 use anyhow::{bail, Context, Result};
@@ -44,7 +44,11 @@ pub fn parse(raw: &[u8]) -> Result<[u8; 32]> {
 /// Write a fresh random key as hex (mode 0600), e.g. for `redis-steward keygen`.
 pub fn generate(path: &Path) -> Result<()> {
     let key: [u8; 32] = rand::random();
-    crate::secrets::write_file_atomic(path, format!("{}\n", hex::encode(key)).as_bytes(), 0o600)
+    crate::node::secrets::write_file_atomic(
+        path,
+        format!("{}\n", hex::encode(key)).as_bytes(),
+        0o600,
+    )
 }
 
 #[cfg(test)]

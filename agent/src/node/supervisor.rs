@@ -4,13 +4,11 @@
 //! One select loop over: the child exiting, a probe tick, and the shutdown signal. What it
 //! learns goes out on a `watch` channel (`RedisState`) that status, metrics and systemd read.
 
-use crate::metrics::Metrics;
-use crate::redis_client::{self, Info};
+use crate::node::redis_client::{self, Info};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -21,6 +19,9 @@ use tracing::{debug, error, info, warn};
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a clean SHUTDOWN may take before the agent escalates to signals.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// systemd's variables the agent consumes (notifications, watchdog) and must not pass on to
+/// redis-server.
+const SYSTEMD_ENV_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// Restart delays after crashes: the first restart is immediate (a crash should cost as little
 /// downtime as possible), then the delay doubles up to a cap. A run that stayed up for
@@ -126,14 +127,13 @@ pub struct SupervisorConfig {
 /// The supervisor's handle: `state` to watch, `shutdown()` stops redis cleanly and waits.
 pub type SupervisorHandle = crate::actor::ActorHandle<RedisState>;
 
-pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
+pub fn spawn(cfg: SupervisorConfig) -> SupervisorHandle {
     let launcher = Launcher::start();
     crate::actor::ActorHandle::spawn(RedisState::new(), move |state, shutdown| async move {
         let admin = redis_client::AdminLink::new(&cfg.socket, &cfg.admin_user, &cfg.admin_password);
         Supervisor {
             cfg,
             state,
-            metrics,
             backoff: Backoff::default(),
             launcher,
             admin,
@@ -146,7 +146,6 @@ pub fn spawn(cfg: SupervisorConfig, metrics: Arc<Metrics>) -> SupervisorHandle {
 struct Supervisor {
     cfg: SupervisorConfig,
     state: watch::Sender<RedisState>,
-    metrics: Arc<Metrics>,
     backoff: Backoff,
     launcher: Launcher,
     admin: redis_client::AdminLink,
@@ -209,7 +208,6 @@ impl Supervisor {
             s.healthy = false;
             s.pid = None;
         });
-        self.metrics.redis_up.set(0);
         let _ = done.send(());
     }
 
@@ -242,7 +240,7 @@ impl Supervisor {
             // Own process group: a Ctrl-C in the agent's terminal must reach the agent only,
             // which then shuts redis down in order.
             .process_group(0);
-        for var in crate::systemd::ENV_VARS {
+        for var in SYSTEMD_ENV_VARS {
             cmd.env_remove(var);
         }
         let parent = std::process::id();
@@ -301,8 +299,6 @@ impl Supervisor {
                         Err(e) => format!("wait failed: {e}"),
                     };
                     warn!(exit = %what, "redis-server exited unexpectedly");
-                    self.metrics.redis_restarts.inc();
-                    self.metrics.redis_up.set(0);
                     self.state.send_modify(|s| {
                         s.phase = Phase::Restarting;
                         s.loop_alive_at = Instant::now();
@@ -332,8 +328,6 @@ impl Supervisor {
                 if healthy && !was_healthy {
                     info!("redis is answering");
                 }
-                self.metrics.observe_info(&info);
-                self.metrics.redis_up.set(healthy as i64);
                 self.state.send_modify(|s| {
                     s.loop_alive_at = Instant::now();
                     s.healthy = healthy;
@@ -354,7 +348,6 @@ impl Supervisor {
                 } else {
                     debug!("redis not answering yet: {e:#}");
                 }
-                self.metrics.redis_up.set(0);
                 self.state.send_modify(|s| {
                     s.loop_alive_at = Instant::now();
                     s.healthy = false;

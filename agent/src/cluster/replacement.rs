@@ -7,7 +7,7 @@
 //! (same name, any address). The tracking is pure (`LostNodes::step`); `spawn` runs it on
 //! the HA status.
 
-use crate::hook::run_command;
+use crate::cluster::hook::run_command;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -113,7 +113,7 @@ pub struct Settings {
 /// Watch the HA status and run the hook for each request, one at a time.
 pub fn spawn(
     s: Settings,
-    mut ha: watch::Receiver<crate::ha::HaStatus>,
+    mut ha: watch::Receiver<crate::cluster::ha::HaStatus>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let started = std::time::Instant::now();

@@ -1,18 +1,18 @@
 //! Reading backups back: download a sealed object — a base as a stream, the small segments
 //! whole and several at a time ahead of their turn (`fetch_ahead`) — authenticate and decrypt
-//! it (`backup_format`), and hand the plaintext to a sink: a file of a rebuilt AOF directory,
+//! it (`format`), and hand the plaintext to a sink: a file of a rebuilt AOF directory,
 //! or nothing when only verifying. Errors name the object.
 //!
 //! `restore` turns the backups into a data directory a fresh redis-server loads as is: the
 //! chain covering the time asked for, laid out as a Redis 7 multi-part AOF directory and cut
 //! at that second (`aof_cut`), with progress reported as it goes.
 
-use crate::backup_catalog::{
+use crate::backup::catalog::{
     format_utc, human_bytes, parse_utc, Catalog, ListedObject, RestorePlan, BACKUP_PREFIX,
 };
-use crate::backup_format::{Inflater, OpenedChunk, Opener, Unsealer};
-use crate::backup_keys::KeyRing;
-use crate::fetch_ahead::{AbortOnDrop, FetchAhead, Fetched};
+use crate::backup::fetch_ahead::{AbortOnDrop, FetchAhead, Fetched};
+use crate::backup::format::{Inflater, OpenedChunk, Opener, Unsealer};
+use crate::backup::keys::KeyRing;
 use crate::store::{Store, StoreError};
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
@@ -370,7 +370,7 @@ impl fmt::Display for Restored {
 }
 
 /// Names in a data directory that mean it holds data.
-const DATA_NAMES: [&str; 2] = [crate::layout::AOF_DIR_NAME, "dump.rdb"];
+const DATA_NAMES: [&str; 2] = [crate::node::layout::AOF_DIR_NAME, "dump.rdb"];
 
 /// Whether `data_dir` holds redis data (an AOF directory or an RDB file).
 pub fn holds_data(data_dir: &Path) -> bool {
@@ -498,7 +498,7 @@ pub async fn restore(
             restored.moved_aside.push(aside);
         }
     }
-    let target = data_dir.join(crate::layout::AOF_DIR_NAME);
+    let target = data_dir.join(crate::node::layout::AOF_DIR_NAME);
     std::fs::rename(&aof_dir, &target)
         .with_context(|| format!("moving the restored AOF into {}", target.display()))?;
     std::fs::remove_dir_all(&work).ok();
@@ -537,7 +537,7 @@ async fn build(
     started: Instant,
     on_progress: &mut impl FnMut(&Progress),
 ) -> Result<(Restored, PathBuf)> {
-    let dir = work.join(crate::layout::AOF_DIR_NAME);
+    let dir = work.join(crate::node::layout::AOF_DIR_NAME);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let objects = plan.objects();
     let mut progress = Progress {
@@ -587,12 +587,12 @@ async fn build(
 
     // Cut at the second asked for (and drop an unfinished last command either way).
     let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&incr_path)?);
-    let cut = tokio::task::block_in_place(|| crate::aof_cut::find_cut(reader, at_unix_s))
+    let cut = tokio::task::block_in_place(|| crate::backup::aof_cut::find_cut(reader, at_unix_s))
         .with_context(|| format!("reading the WAL of chain {}", plan.chain))?;
     f.set_len(cut.keep_bytes)?;
     f.sync_all()?;
     let manifest = format!("file {base_file} seq 1 type b\nfile {incr_file} seq 1 type i\n");
-    std::fs::write(dir.join(crate::layout::AOF_MANIFEST_NAME), manifest)?;
+    std::fs::write(dir.join(crate::node::layout::AOF_MANIFEST_NAME), manifest)?;
     fsync_dir(&dir)?;
     let restored = Restored {
         chain: plan.chain.to_string(),
@@ -614,7 +614,7 @@ async fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup_format::{seal_all, testing::hand_sealed, MIN_CHUNK_SIZE, TRAILER_LEN};
+    use crate::backup::format::{seal_all, testing::hand_sealed, MIN_CHUNK_SIZE, TRAILER_LEN};
 
     /// Pseudo-random bytes: incompressible, so their object has one chunk per MiB.
     fn noise(len: usize) -> Vec<u8> {
@@ -649,7 +649,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let store = Store::open(&url, &Default::default()).unwrap();
-        let keys = KeyRing::from_keys([3u8; crate::backup_keys::KEY_LEN], &[]).unwrap();
+        let keys = KeyRing::from_keys([3u8; crate::backup::keys::KEY_LEN], &[]).unwrap();
         let plain = noise((3 << 20) + 123);
         let put = |name: &'static str, bytes: Vec<u8>| {
             let store = &store;

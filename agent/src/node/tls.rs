@@ -3,8 +3,8 @@
 //! always match the node's current addresses.
 
 use crate::config::TlsConfig;
-use crate::layout::Layout;
-use crate::secrets::{ensure_dir, write_file_atomic};
+use crate::node::layout::Layout;
+use crate::node::secrets::{ensure_dir, write_file_atomic};
 use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,

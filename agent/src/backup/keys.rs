@@ -1,6 +1,6 @@
 //! The backup key ring: which 32-byte keys may open backup objects, and which one seals new ones.
 //!
-//! Backup keys live in key files (32 raw bytes or 64 hex digits, loaded by [`crate::keyfile`],
+//! Backup keys live in key files (32 raw bytes or 64 hex digits, loaded by [`crate::node::keyfile`],
 //! which refuses any file that group or others can read). Every sealed object names the key that
 //! sealed it by a [`KeyId`]: the first 4 bytes of SHA-256(`"redis-steward backup key id"` ‖
 //! key), shown as 8 hex digits. The id reveals nothing useful about the key (it is a hash of it)
@@ -56,7 +56,7 @@ pub fn key_id(key: &[u8; KEY_LEN]) -> KeyId {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// The file is missing, unreadable, readable by group or others, or not a 32-byte key.
-    /// The message comes from [`crate::keyfile::load`] and names the file.
+    /// The message comes from [`crate::node::keyfile::load`] and names the file.
     #[error("backup key: {message}")]
     File { path: PathBuf, message: String },
     /// Two different keys hash to the same 4-byte id (about one chance in 4 billion): the
@@ -106,7 +106,7 @@ impl KeyRing {
     /// ones) is kept once.
     pub fn load(current: &Path, previous: &[PathBuf]) -> Result<KeyRing, KeyError> {
         let read = |path: &Path| -> Result<(String, [u8; KEY_LEN]), KeyError> {
-            let key = crate::keyfile::load(path).map_err(|e| KeyError::File {
+            let key = crate::node::keyfile::load(path).map_err(|e| KeyError::File {
                 path: path.to_path_buf(),
                 message: format!("{e:#}"),
             })?;

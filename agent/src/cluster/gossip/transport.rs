@@ -662,7 +662,7 @@ mod tests {
     use tokio::time::timeout;
 
     use super::*;
-    use crate::gossip::seal::{GossipKey, Header, MAX_PLAINTEXT_LEN};
+    use crate::cluster::gossip::seal::{GossipKey, Header, MAX_PLAINTEXT_LEN};
 
     const DATA_STORE: &str = "ds-7c1e";
 

@@ -1,10 +1,11 @@
 //! The agent's local HTTP API (loopback by default): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text) and `GET /healthz`. Read-only for now; commands that change things will
-//! send intents to the agent's loop rather than act here.
+//! (Prometheus text) and `GET /healthz` read the parts' snapshots; `POST /switchover` and
+//! `POST /backup` send an intent to the election loop or the backup shipper and wait for its
+//! answer, never acting here themselves.
 
-use crate::metrics::Metrics;
-use crate::status::{self, NodeStatus, StaticInfo};
-use crate::supervisor::RedisState;
+use crate::node::supervisor::RedisState;
+use crate::ops::metrics::Metrics;
+use crate::ops::status::{self, NodeStatus, StaticInfo};
 use anyhow::{bail, Context, Result};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -23,15 +24,15 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// HA data stores: the election's view, and the gossip transport's counters.
-    pub ha: Option<watch::Receiver<crate::ha::HaStatus>>,
+    pub ha: Option<watch::Receiver<crate::cluster::ha::HaStatus>>,
     /// HA data stores: requests to the election loop (switchover).
-    pub ha_commands: Option<tokio::sync::mpsc::Sender<crate::ha::HaCommand>>,
-    pub gossip_counters: Option<Arc<crate::gossip::transport::GossipCounters>>,
-    pub hook_counters: Option<Arc<crate::hook::HookCounters>>,
+    pub ha_commands: Option<tokio::sync::mpsc::Sender<crate::cluster::ha::HaCommand>>,
+    pub gossip_counters: Option<Arc<crate::cluster::gossip::transport::GossipCounters>>,
+    pub hook_counters: Option<Arc<crate::cluster::hook::HookCounters>>,
     /// Backups on: the shipper's state and its command channel (`backup now`).
     pub backup: Option<(
-        watch::Receiver<crate::backup::BackupStatus>,
-        tokio::sync::mpsc::Sender<crate::backup::BackupCommand>,
+        watch::Receiver<crate::backup::shipper::BackupStatus>,
+        tokio::sync::mpsc::Sender<crate::backup::shipper::BackupCommand>,
     )>,
 }
 
@@ -89,7 +90,7 @@ async fn post_backup(State(s): State<Arc<ApiState>>) -> (StatusCode, Json<Switch
     };
     let (reply, rx) = tokio::sync::oneshot::channel();
     if commands
-        .send(crate::backup::BackupCommand::SnapshotNow(reply))
+        .send(crate::backup::shipper::BackupCommand::SnapshotNow(reply))
         .await
         .is_err()
     {
@@ -134,7 +135,7 @@ async fn post_switchover(
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let sent = commands
-        .send(crate::ha::HaCommand::Switchover { to: q.to, reply })
+        .send(crate::cluster::ha::HaCommand::Switchover { to: q.to, reply })
         .await;
     if sent.is_err() {
         return refuse(
@@ -163,6 +164,7 @@ async fn get_status(State(s): State<Arc<ApiState>>) -> Json<NodeStatus> {
 }
 
 async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    s.metrics.observe_redis(&s.redis.borrow());
     if let Some(c) = &s.gossip_counters {
         s.metrics.observe_gossip(c);
     }
