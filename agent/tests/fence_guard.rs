@@ -2,7 +2,7 @@
 //! over its stdin/stdout the way the agent drives it — and then left alone, the way a stopped
 //! agent leaves it: writes must close at the deadline with nobody's help.
 
-use redis_steward::fence_guard::{monotonic_ns, GuardSpec, Reply, Request};
+use redis_steward::node::fence_guard::{monotonic_ns, GuardSpec, Reply, Request};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -152,7 +152,7 @@ fn writes_close_at_the_deadline_with_nobody_driving_the_guard() {
         g.reply(),
         Reply::Fenced {
             id: 1,
-            how: redis_steward::fence_guard::Fenced::Paused
+            how: redis_steward::node::fence_guard::Fenced::Paused
         }
     );
     assert!(!takes_writes(&redis.socket));
@@ -207,7 +207,7 @@ fn a_stopped_redis_that_cannot_confirm_the_pause_is_killed() {
     assert_eq!(
         g.reply(),
         Reply::Expired {
-            how: redis_steward::fence_guard::Fenced::Killed
+            how: redis_steward::node::fence_guard::Fenced::Killed
         }
     );
     let status = redis.child.wait().unwrap();
