@@ -118,7 +118,10 @@ const ACKS_BEFORE_FAULTS: usize = 20;
 const SECOND_FAULT_WITHIN_MS: u64 = 3000;
 /// After a missed heal bound, how much longer the round waits for the store to come back
 /// before it gives the data store up.
-const HEAL_GRACE: Duration = Duration::from_secs(90);
+const HEAL_GRACE: Duration = Duration::from_secs(30);
+/// An agent that exits with an error on its own is started again after this, as systemd
+/// does (`Restart=always`, `RestartSec=2s` in systemd/redis-steward.service).
+const RESTART_SEC: Duration = Duration::from_secs(2);
 /// The agent's process name (`/proc/PID/comm`) and redis's.
 const AGENT_COMM: &str = "redis-steward";
 const REDIS_COMM: &str = "redis-server";
@@ -698,9 +701,17 @@ fn inject<'a>(c: &'a Cluster, roles: &Roles, fault: Fault) -> Result<(String, He
             for (i, agent) in c.nodes.iter().enumerate() {
                 agent.stop().with_context(|| format!("stopping node-{i}"))?;
                 agent.start()?;
-                agent
-                    .wait_healthy(Duration::from_secs(60))
-                    .with_context(|| format!("node-{i} after its restart"))?;
+                // Not `wait_healthy`, which gives up when the agent exits: one that exits
+                // with an error is started again by the round's `Supervisor`, as by systemd.
+                let healthy = wait_for(Duration::from_secs(60), Duration::from_millis(100), || {
+                    agent.status().filter(|s| s["redis"]["healthy"] == true)
+                });
+                if healthy.is_none() {
+                    bail!(
+                        "node-{i} not healthy within 60 s of its restart; log:\n{}",
+                        agent.log()
+                    );
+                }
             }
             ("every agent".into(), Heal::none())
         }
@@ -742,6 +753,77 @@ fn run_fault(
         start_ms: started.duration_since(round_start).as_millis() as u64,
         duration_ms: duration.as_millis() as u64,
     })
+}
+
+/// Stands in for systemd during a round: an agent that exits with an error code on its own
+/// (not one the nemesis killed or stopped: those exit by a signal or with 0, and are waited
+/// for) is started again after [`RESTART_SEC`]. Each restart is recorded.
+struct Supervisor {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Supervisor {
+    fn start(c: &Arc<Cluster>, round_start: Instant) -> Supervisor {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, flag) = (c.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut restarts = Vec::new();
+            // Bounded: a round lasts minutes at most; this gives up after 30.
+            let every = Duration::from_millis(200);
+            for _ in 0..(30 * 60 * 5) {
+                if flag.load(Relaxed) {
+                    break;
+                }
+                for (i, agent) in c.nodes.iter().enumerate() {
+                    let Some(Some(code)) = agent.try_exit_code() else {
+                        continue;
+                    };
+                    if code == 0 {
+                        continue;
+                    }
+                    let log = agent.log();
+                    let last = log.lines().rev().find(|l| !l.trim().is_empty());
+                    restarts.push(format!(
+                        "node-{i}'s agent exited with code {code} at +{:.1} s ({}); started again after {} s, as systemd would",
+                        round_start.elapsed().as_secs_f64(),
+                        last.unwrap_or("no log").trim(),
+                        RESTART_SEC.as_secs()
+                    ));
+                    std::thread::sleep(RESTART_SEC);
+                    if let Err(e) = agent.start() {
+                        restarts.push(format!("node-{i}: starting it again failed: {e:#}"));
+                    }
+                }
+                std::thread::sleep(every);
+            }
+            restarts
+        });
+        Supervisor {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop supervising; the restarts it made.
+    fn finish(mut self) -> Vec<String> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
 }
 
 /// Node `i`'s pinned writer's keys in round `round` are `nem:{i}:r{round}:{n}`.
@@ -900,6 +982,8 @@ pub struct RoundResult {
     pub pinned_windows: Vec<PinnedWindow>,
     /// Samples in which two agents' statuses said writable primary (information only).
     pub agent_claims: usize,
+    /// Agents that exited with an error on their own and were started again ([`Supervisor`]).
+    pub agent_restarts: Vec<String>,
     /// Longest stretch without a WAIT-1 acknowledgement (ms), from the first one on.
     pub longest_unavailable_ms: u64,
     /// From the end of the last fault to healed; None: not within the bound.
@@ -932,6 +1016,7 @@ impl RoundResult {
             monitor_longest_ms: 0,
             pinned_windows: Vec::new(),
             agent_claims: 0,
+            agent_restarts: Vec::new(),
             longest_unavailable_ms: 0,
             heal_ms: None,
             chain_verified: false,
@@ -1009,6 +1094,9 @@ impl RoundResult {
                 w.writes,
                 w.lost
             );
+        }
+        for r in &self.agent_restarts {
+            let _ = write!(s, "\n  restart: {r}");
         }
         for v in &self.violations {
             let _ = write!(s, "\n  VIOLATION: {v}");
@@ -1093,6 +1181,7 @@ pub fn run_round(c: &Arc<Cluster>, plan: &RoundPlan) -> RoundResult {
     let roles = Roles::new(c.nodes.len(), p);
     let round_start = Instant::now();
     let round_start_unix = backups::unix_ms();
+    let supervisor = Supervisor::start(c, round_start);
     let checkers = c.start_checkers_with_prefix(&format!("r{}k", plan.index));
     let monitor = SplitBrainMonitor::start(c.probe_targets(), PROBE_EVERY);
     let pinned = PinnedWriters::start(c, plan.index);
@@ -1147,6 +1236,7 @@ pub fn run_round(c: &Arc<Cluster>, plan: &RoundPlan) -> RoundResult {
     let report = checkers.finish();
     let split = monitor.map(SplitBrainMonitor::finish);
     let pinned = pinned.finish();
+    res.agent_restarts = supervisor.finish();
 
     res.wait_attempts = report.attempts;
     res.wait_acked = report.acked.len();
@@ -1467,10 +1557,11 @@ impl CampaignReport {
                 r.heal_ms
                     .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
                     .unwrap_or_else(|| "no".into()),
-                if r.violations.is_empty() {
-                    "ok".to_string()
-                } else {
-                    format!("{} violation(s)", r.violations.len())
+                match (r.violations.len(), r.agent_restarts.len()) {
+                    (0, 0) => "ok".to_string(),
+                    (0, n) => format!("ok ({n} agent restart(s))"),
+                    (v, 0) => format!("{v} violation(s)"),
+                    (v, n) => format!("{v} violation(s), {n} agent restart(s)"),
                 }
             );
         }

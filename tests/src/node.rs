@@ -348,7 +348,10 @@ impl Agent {
         self.status()?["redis"]["pid"].as_u64().map(|p| p as u32)
     }
 
-    fn try_exit_code(&self) -> Option<Option<i32>> {
+    /// Whether the agent process has exited, without waiting: `Some(code)` (`Some(None)`
+    /// when a signal ended it), or None while it runs or when it was never started or
+    /// already waited for ([`Agent::wait_exit`], [`Agent::stop`]).
+    pub fn try_exit_code(&self) -> Option<Option<i32>> {
         let mut guard = self.child.lock().unwrap();
         let c = guard.as_mut()?;
         c.try_wait().ok().flatten().map(|s| s.code())

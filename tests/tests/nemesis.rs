@@ -30,8 +30,8 @@ use steward_testbed::nemesis::{
     RoundPlan,
 };
 
-/// The short campaign's seed.
-const SHORT_SEED: u64 = 20_260_501;
+/// The short campaign's seed: the first whose 10 rounds use all 15 fault kinds.
+const SHORT_SEED: u64 = 57_507;
 
 fn print_and_check(report: &CampaignReport) {
     println!("\n{}\n", report.markdown());
