@@ -29,6 +29,7 @@ use steward_testbed::nemesis::{
     options, run_campaign, run_round, CampaignConfig, CampaignReport, Fault, Plan, Planned, Role,
     RoundPlan,
 };
+use steward_testbed::node::{fill_filesystem, free_bytes, SmallDisk, Stopped};
 
 /// The short campaign's seed: the first whose 10 rounds use all 15 fault kinds.
 const SHORT_SEED: u64 = 57_507;
@@ -117,4 +118,52 @@ fn paused_primary_agent_never_leaves_two_writable_primaries() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The state letter of `/proc/PID/stat` (R, S, T for stopped, …).
+fn proc_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit(')').next().unwrap();
+    after.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn fault_helpers_undo_what_they_do() {
+    // A full disk is empty again once the filler goes.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("disk"), 16).unwrap();
+    let free = free_bytes(disk.path()).unwrap();
+    assert!(free > 15 << 20, "{free}");
+    let filled = fill_filesystem(disk.path()).unwrap();
+    assert!(free_bytes(disk.path()).unwrap() < 4096);
+    assert!(std::fs::write(disk.path().join("more"), [0u8; 8192]).is_err());
+    assert!(filled.bytes + 4096 >= free, "{} of {free}", filled.bytes);
+    filled.release();
+    assert_eq!(free_bytes(disk.path()).unwrap(), free);
+    let mounted = disk.path().to_path_buf();
+    drop(disk);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(mounted.to_str().unwrap()), "still mounted");
+
+    // A stopped process runs again when the guard goes, also while unwinding.
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stopped = Stopped::new();
+    assert!(stopped.stop(pid, "not-sleep").is_err(), "checked by name");
+    stopped.stop(pid, "sleep").unwrap();
+    let state =
+        steward_testbed::node::wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
+            Some(proc_state(pid)).filter(|s| s == "T")
+        });
+    assert!(state.is_some(), "not stopped: {}", proc_state(pid));
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _held = stopped;
+        panic!("a failing test");
+    }));
+    assert_ne!(proc_state(pid), "T");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
