@@ -58,13 +58,15 @@
 //!   data store are counted (what a client without WAIT lost), in all and inside every
 //!   two-writable window.
 //! * The [`SplitBrainMonitor`], probing every redis (`INFO` + `SET`) from inside its own
-//!   namespace every 50 ms.
+//!   namespace every 20 ms.
 //!
 //! # Invariants
 //!
 //! * No WAIT-1-acknowledged write of the round is missing from the primary afterwards.
 //! * Never two writable primaries, by two witnesses:
-//!   - the monitor's windows (two probes found two nodes writable at once);
+//!   - the monitor's windows (two probes found two nodes writable at once; a node counts
+//!     as writable from a probe `SET` it accepted to its next probe, so a window's length
+//!     is over-estimated by up to one probe interval);
 //!   - the pinned writers' windows, by this rule ([`certain_writable`], [`pinned_windows`]):
 //!     a node was *certainly writable* from the reply to the first to the send of the last
 //!     write of a run of its consecutive OK writes in which every write took at most 1 s
@@ -106,8 +108,9 @@ pub const MAX_FAULT: Duration = Duration::from_secs(15);
 pub const DATA_DISK_MB: u64 = 512;
 /// A pinned writer's pace.
 const PINNED_EVERY: Duration = Duration::from_millis(10);
-/// The split-brain monitor's probe interval.
-const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// The split-brain monitor's probe interval: it stretches every writable sample to the next
+/// probe, so a window's length is over-estimated by up to this much.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// A run of OK writes (see [`certain_writable`]) breaks at a write that took longer than
 /// this, or that was sent longer than this after the previous reply.
 pub const RUN_MAX_RTT_MS: u64 = 1000;
