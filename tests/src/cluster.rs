@@ -593,6 +593,11 @@ impl Checkers {
         }
     }
 
+    /// Wait for the first acknowledged write sent at or after `t`; when it was acknowledged.
+    pub fn wait_ack_after(&self, t: Instant, timeout: Duration) -> Option<Instant> {
+        self.writer.wait_ack_after(t, timeout)
+    }
+
     pub fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }

@@ -43,8 +43,9 @@
 //!
 //!    A node is targeted as the primary with probability 1/2.
 //! 3. Healed: within [`HEAL_BOUND`] of the last fault's end the store must be settled again
-//!    ([`Cluster::wait_settled`]) and the primary's backups shipping: state `shipping`, no
-//!    error, and at least one more WAL upload than when it settled.
+//!    ([`Cluster::wait_settled`]), the primary's backups shipping (state `shipping`, no
+//!    error, and at least one more WAL upload than when it settled), and the WAIT-1 writer
+//!    must have a write sent after the faults ended acknowledged.
 //! 4. Clients stopped, invariants checked.
 //!
 //! # Clients
@@ -88,7 +89,7 @@
 //! renders the campaign as tables for BENCHMARKS.md.
 
 use crate::backups::{self, TimedOutcome, TimedWrite, TimedWriter};
-use crate::cluster::{Cluster, Options, REDIS_PORT};
+use crate::cluster::{Checkers, Cluster, Options, REDIS_PORT};
 use crate::node::{env_or, fill_filesystem, signal_pid, wait_for, wait_pid_gone, Stopped};
 use crate::sentinel_client::{overlap_windows, SplitBrainMonitor};
 use anyhow::{bail, Context, Result};
@@ -1119,9 +1120,26 @@ fn longest_gap(acked_at_ms: &[u64], finished_ms: u64) -> u64 {
         .unwrap_or(finished_ms)
 }
 
-/// Healed: settled ([`Cluster::wait_settled`]) and the primary's backups shipping (state
-/// `shipping`, no error, one more upload than when it settled), by `deadline`. The primary.
-fn wait_healed(c: &Cluster, deadline: Instant) -> Option<usize> {
+/// Healed: settled ([`Cluster::wait_settled`]), the primary's backups shipping (state
+/// `shipping`, no error, one more upload than when it settled), and a write the WAIT-1
+/// writer sent after `since` acknowledged, all by `deadline`. The primary.
+///
+/// The last one matters: agents can report a replica "link up" while its TCP connection
+/// is still in retransmission backoff after a long partition, and no write is acknowledged
+/// until it recovers.
+fn wait_healed(
+    c: &Cluster,
+    checkers: &Checkers,
+    since: Instant,
+    deadline: Instant,
+) -> Option<usize> {
+    let p = wait_settled_and_shipping(c, deadline)?;
+    checkers.wait_ack_after(since, deadline.saturating_duration_since(Instant::now()))?;
+    Some(p)
+}
+
+/// The first two parts of [`wait_healed`].
+fn wait_settled_and_shipping(c: &Cluster, deadline: Instant) -> Option<usize> {
     let backup = |p: usize| c.nodes[p].status().map(|s| s["backup"].clone());
     // Bounded by the deadline and in count: each pass takes at least the settle check's 1 s.
     for _ in 0..1000 {
@@ -1218,14 +1236,15 @@ pub fn run_round(c: &Arc<Cluster>, plan: &RoundPlan) -> RoundResult {
     }
 
     // Healed within the bound?
-    let healed = wait_healed(c, faults_end + HEAL_BOUND);
+    let healed = wait_healed(c, &checkers, faults_end, faults_end + HEAL_BOUND);
     res.heal_ms = healed.map(|_| faults_end.elapsed().as_millis() as u64);
     if healed.is_none() {
         res.violations.push(format!(
-            "not healed (settled, backups shipping) within {} s of the last fault's end",
+            "not healed (settled, backups shipping, WAIT-1 writes acknowledged) within {} s of the last fault's end",
             HEAL_BOUND.as_secs()
         ));
-        if wait_healed(c, Instant::now() + HEAL_GRACE).is_none() {
+        let now = Instant::now();
+        if wait_healed(c, &checkers, now, now + HEAL_GRACE).is_none() {
             res.broken = true;
             res.violations.push(format!(
                 "still not healed {} s later; logs:\n{}",
