@@ -1677,6 +1677,10 @@ pub fn run_campaign(cfg: &CampaignConfig) -> CampaignReport {
                     .store_violations
                     .extend(finals.into_iter().map(|v| (plan, v)));
                 if cfg.stop_on_violation {
+                    report.notes.push(format!(
+                        "stopped after round {}, the first to break an invariant (NEMESIS_KEEP_GOING=true runs on)",
+                        r.index
+                    ));
                     break 'plans;
                 }
                 continue 'plans;
