@@ -37,11 +37,17 @@
 //!      `sch_netem`, so latency comes from queueing (up to 300 ms, then drops) and appears
 //!      only under the clients' load ([`crate::netns::Testbed::limit_rate`]);
 //!    * the object store down: the bucket is a local folder, atomically swapped with a file
-//!      so every access fails ([`Cluster::store_outage`]);
+//!      so every access fails ([`Cluster::store_outage`]). Being a folder, it is reachable
+//!      from every namespace: a partition never cuts a node off from the store (so an
+//!      isolated Business primary keeps its lease, and the store is unavailable meanwhile);
 //!    * a node's data disk full ([`crate::node::fill_filesystem`]);
-//!    * a rolling restart: every agent in turn stopped with SIGTERM, started, healthy.
+//!    * a rolling restart: every agent in turn stopped with SIGTERM, started, healthy (it
+//!      lasts as long as that takes).
 //!
-//!    A node is targeted as the primary with probability 1/2.
+//!    A node is targeted as the primary with probability 1/2. Throughout the round a
+//!    stand-in for systemd (`Restart=always`, `RestartSec=2s`) starts again any agent that
+//!    exits with an error on its own (e.g. one started while the store is down); each such
+//!    restart is reported.
 //! 3. Healed: within [`HEAL_BOUND`] of the last fault's end the store must be settled again
 //!    ([`Cluster::wait_settled`]), the primary's backups shipping (state `shipping`, no
 //!    error, and at least one more WAL upload than when it settled), and the WAIT-1 writer
@@ -85,8 +91,10 @@
 //!
 //! # Report
 //!
-//! Every round's result ([`RoundResult`]) is printed as it ends; [`CampaignReport::markdown`]
-//! renders the campaign as tables for BENCHMARKS.md.
+//! Every round's result ([`RoundResult`]) is printed as it ends, with information beyond the
+//! invariants: pinned writes lost, samples in which two agents' statuses claimed to be the
+//! writable primary, agent restarts, the longest stretch without a WAIT-1 acknowledgement.
+//! [`CampaignReport::markdown`] renders the campaign as tables for BENCHMARKS.md.
 
 use crate::backups::{self, TimedOutcome, TimedWrite, TimedWriter};
 use crate::cluster::{Checkers, Cluster, Options, REDIS_PORT};
@@ -102,7 +110,7 @@ use std::time::{Duration, Instant};
 
 /// After the last fault of a round ends, the store must be healed within this.
 pub const HEAL_BOUND: Duration = Duration::from_secs(30);
-/// No fault lasts longer.
+/// No fault lasts longer (a rolling restart excepted: it takes what it takes).
 pub const MAX_FAULT: Duration = Duration::from_secs(15);
 /// Each node's data directory is a filesystem of this size (for the disk-full fault).
 /// 512 MiB: a long campaign's keys (never deleted) and AOF rewrites must fit beside the fill.
@@ -113,8 +121,9 @@ const PINNED_EVERY: Duration = Duration::from_millis(10);
 /// probe, so a window's length is over-estimated by up to this much.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// A run of OK writes (see [`certain_writable`]) breaks at a write that took longer than
-/// this, or that was sent longer than this after the previous reply.
+/// this ...
 pub const RUN_MAX_RTT_MS: u64 = 1000;
+/// ... or that was sent longer than this after the previous reply.
 pub const RUN_MAX_GAP_MS: u64 = 1000;
 /// WAIT-1 acknowledgements needed before the faults start (the writer works).
 const ACKS_BEFORE_FAULTS: usize = 20;
@@ -635,10 +644,9 @@ fn inject<'a>(c: &'a Cluster, roles: &Roles, fault: Fault) -> Result<(String, He
             let p = c.node_host(roles.primary);
             let others: Vec<usize> = roles.replicas.iter().map(|&i| c.node_host(i)).collect();
             let pairs: Vec<(usize, usize)> = others.iter().map(|&o| (p, o)).collect();
-            cut_pairs(c, &pairs)?;
             (
-                format!("{} + client | replicas", node_name(roles.primary, roles)),
-                Heal::new(move || heal_pairs(c, &pairs)),
+                format!("{} + client vs replicas", node_name(roles.primary, roles)),
+                cut_pairs(c, pairs)?,
             )
         }
         Fault::Halves { with_primary } => {
@@ -647,11 +655,7 @@ fn inject<'a>(c: &'a Cluster, roles: &Roles, fault: Fault) -> Result<(String, He
                 .iter()
                 .flat_map(|&x| b.iter().map(move |&y| (x, y)))
                 .collect();
-            cut_pairs(c, &pairs)?;
-            (
-                format!("hosts {a:?} | {b:?}"),
-                Heal::new(move || heal_pairs(c, &pairs)),
-            )
+            (format!("hosts {a:?} vs {b:?}"), cut_pairs(c, pairs)?)
         }
         Fault::OneWay { from, to } => {
             let (f, t) = (roles.host(c, from), roles.host(c, to));
@@ -670,13 +674,13 @@ fn inject<'a>(c: &'a Cluster, roles: &Roles, fault: Fault) -> Result<(String, He
                     "every data node".into(),
                 ),
             };
-            for &h in &hosts {
+            let applied = hosts.clone();
+            // Made first: if setting the loss fails half way, dropping it clears what was set.
+            let heal = Heal::new(move || hosts.iter().try_for_each(|&h| c.bed.clear_loss(h)));
+            for h in applied {
                 c.bed.set_loss(h, percent)?;
             }
-            (
-                format!("{what}, {percent} %"),
-                Heal::new(move || hosts.iter().try_for_each(|&h| c.bed.clear_loss(h))),
-            )
+            (format!("{what}, {percent} %"), heal)
         }
         Fault::Latency { node, kbit } => {
             let h = c.node_host(node_of(node));
@@ -722,12 +726,14 @@ fn inject<'a>(c: &'a Cluster, roles: &Roles, fault: Fault) -> Result<(String, He
     })
 }
 
-fn cut_pairs(c: &Cluster, pairs: &[(usize, usize)]) -> Result<()> {
-    pairs.iter().try_for_each(|&(a, b)| c.bed.cut_link(a, b))
-}
-
-fn heal_pairs(c: &Cluster, pairs: &[(usize, usize)]) -> Result<()> {
-    pairs.iter().try_for_each(|&(a, b)| c.bed.heal_link(a, b))
+/// Cuts every pair of hosts; what heals them (also the pairs already cut if one fails).
+fn cut_pairs(c: &Cluster, pairs: Vec<(usize, usize)>) -> Result<Heal<'_>> {
+    let cut = pairs.clone();
+    let heal = Heal::new(move || pairs.iter().try_for_each(|&(a, b)| c.bed.heal_link(a, b)));
+    for (a, b) in cut {
+        c.bed.cut_link(a, b)?;
+    }
+    Ok(heal)
 }
 
 /// Runs one planned fault on its own schedule: waits for its start (measured from
