@@ -222,17 +222,32 @@ pub fn unix_ms() -> u64 {
 }
 
 /// One write of a [`TimedWriter`]: `SET {prefix}{n} n`, with wall-clock times.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimedWrite {
     pub n: u64,
     pub sent_ms: u64,
     /// When redis answered OK.
     pub ok_ms: Option<u64>,
+    /// When redis answered at all (OK or an error reply); None: no answer in time.
+    pub reply_ms: Option<u64>,
+    pub outcome: TimedOutcome,
 }
 
-/// A writer on one node (no discovery): one `SET` every 2 ms, each stamped with the wall
-/// clock when sent and when answered, for point-in-time checks. Reconnects after errors.
-/// Bounded: stops by itself after 10 minutes.
+/// How a [`TimedWrite`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimedOutcome {
+    Ok,
+    /// Redis answered with an error (`READONLY`, `MISCONF`, …): the connection stays.
+    Refused(String),
+    /// No answer within the timeout, or the connection failed: it is dropped and opened
+    /// again (to the same node).
+    NoReply(String),
+}
+
+/// A writer on one node (no discovery): one `SET` every 2 ms (or as paced by
+/// [`TimedWriter::start_paced`]), each stamped with the wall clock when sent and when
+/// answered, for point-in-time checks. Reconnects (to the same node) after a write that got
+/// no answer. Bounded: stops by itself after 10 minutes.
 pub struct TimedWriter {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: Option<std::thread::JoinHandle<Vec<TimedWrite>>>,
@@ -245,12 +260,23 @@ impl TimedWriter {
 
     /// Like [`TimedWriter::start`], from inside network namespace `netns` (a client host).
     pub fn start_in(netns: Option<String>, client: redis::Client, prefix: &str) -> TimedWriter {
+        TimedWriter::start_paced(netns, client, prefix, Duration::from_millis(2))
+    }
+
+    /// Like [`TimedWriter::start_in`], with a pause of `every` before each write.
+    pub fn start_paced(
+        netns: Option<String>,
+        client: redis::Client,
+        prefix: &str,
+        every: Duration,
+    ) -> TimedWriter {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let prefix = prefix.to_string();
+        let run = move || write_loop(&client, &prefix, every, &flag);
         let handle = std::thread::spawn(move || match netns {
-            Some(ns) => crate::netns::run_in_netns(&ns, || write_loop(&client, &prefix, &flag)),
-            None => write_loop(&client, &prefix, &flag),
+            Some(ns) => crate::netns::run_in_netns(&ns, run),
+            None => run(),
         });
         TimedWriter {
             stop,
@@ -267,6 +293,7 @@ impl TimedWriter {
 fn write_loop(
     client: &redis::Client,
     prefix: &str,
+    every: Duration,
     flag: &std::sync::atomic::AtomicBool,
 ) -> Vec<TimedWrite> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -275,7 +302,7 @@ fn write_loop(
     let mut conn: Option<redis::Connection> = None;
     let mut n = 0;
     while !flag.load(Relaxed) && started.elapsed() < Duration::from_secs(600) {
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
         if conn.is_none() {
             conn = client
                 .get_connection_with_timeout(Duration::from_millis(500))
@@ -298,14 +325,23 @@ fn write_loop(
             .arg(format!("{prefix}{n}"))
             .arg(n)
             .query(conn.as_mut().unwrap());
-        let ok_ms = match r {
-            Ok(s) if s == "OK" => Some(unix_ms()),
-            _ => {
+        let at = unix_ms();
+        let outcome = match r {
+            Ok(s) if s == "OK" => TimedOutcome::Ok,
+            Ok(s) => TimedOutcome::Refused(s),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error() => {
                 conn = None;
-                None
+                TimedOutcome::NoReply(e.to_string())
             }
+            Err(e) => TimedOutcome::Refused(e.to_string()),
         };
-        out.push(TimedWrite { n, sent_ms, ok_ms });
+        out.push(TimedWrite {
+            n,
+            sent_ms,
+            ok_ms: (outcome == TimedOutcome::Ok).then_some(at),
+            reply_ms: (!matches!(outcome, TimedOutcome::NoReply(_))).then_some(at),
+            outcome,
+        });
     }
     out
 }

@@ -6,7 +6,7 @@
 
 use crate::netns::Testbed;
 use crate::node::{Agent, NodeSpec, PASSWORD};
-use crate::sentinel_client::{SentinelTarget, WriterConfig};
+use crate::sentinel_client::{ProbeTarget, SentinelTarget, WriterConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct Cluster {
     node_hosts: Vec<usize>,
     /// The host clients run on.
     client: usize,
+    /// Each node's data directory is a filesystem of this many MiB ([`Options::data_disk_mb`]).
+    data_disk_mb: Option<u64>,
 }
 
 /// Extras for [`Cluster::start_with`].
@@ -47,6 +49,9 @@ pub struct Options {
     /// Every agent runs `hooks.on_node_lost` after 2 s (repeated every 3 s), appending
     /// `runner slot address plan attempt` to [`Cluster::node_lost_log`].
     pub node_lost_hook: bool,
+    /// Each node's data directory is a small filesystem of its own of this many MiB
+    /// ([`crate::node::SmallDisk`]), so a test can fill it ([`crate::node::fill_filesystem`]).
+    pub data_disk_mb: Option<u64>,
 }
 
 impl Cluster {
@@ -83,6 +88,7 @@ impl Cluster {
             node_lost_hook: opts.node_lost_hook,
             node_hosts: (0..n).collect(),
             client: n,
+            data_disk_mb: opts.data_disk_mb,
         };
         if opts.backups {
             let key: [u8; 32] = rand::random();
@@ -184,12 +190,59 @@ impl Cluster {
         spec.sentinel_port = SENTINEL_PORT;
         spec.memory_limit_mb = Some(1024);
         spec.extra = self.cluster_toml(i);
-        Ok(Agent::prepare(spec)?.in_netns(&self.bed.host(self.node_hosts[i]).name))
+        let mut agent = Agent::prepare(spec)?.in_netns(&self.bed.host(self.node_hosts[i]).name);
+        if let Some(mb) = self.data_disk_mb {
+            agent.use_small_data_disk(mb)?;
+        }
+        Ok(agent)
     }
 
     /// Node i's address (its host's).
     pub fn node_ip(&self, i: usize) -> std::net::Ipv4Addr {
         self.bed.host(self.node_hosts[i]).ip
+    }
+
+    /// The testbed host node i runs on (see [`Testbed::host`]).
+    pub fn node_host(&self, i: usize) -> usize {
+        self.node_hosts[i]
+    }
+
+    /// The testbed host the clients (writers) run on.
+    pub fn client_host(&self) -> usize {
+        self.client
+    }
+
+    /// How a [`crate::sentinel_client::SplitBrainMonitor`] probes each node: from inside the
+    /// node's own namespace, over its loopback, so a node cut off from everyone is still seen.
+    pub fn probe_targets(&self) -> Vec<ProbeTarget> {
+        (0..self.nodes.len())
+            .map(|i| ProbeTarget {
+                name: self.nodes[i].spec.node_name.clone(),
+                netns: self.bed.host(self.node_hosts[i]).name.clone(),
+                addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, REDIS_PORT)),
+                tls_ca: Some(self.ca_file()),
+                password: Some(PASSWORD.into()),
+            })
+            .collect()
+    }
+
+    /// Take the backup store ([`Cluster::bucket`], a local folder) down until the returned
+    /// [`StoreOutage`] is ended or dropped. Root ignores permissions (a chmod 000 would not
+    /// stop the agents), so the folder is atomically swapped (renameat2 RENAME_EXCHANGE) with
+    /// a regular file of the same name: every read, write and listing then fails with
+    /// ENOTDIR — an error, not "not found" — as with an unreachable object store, and no
+    /// agent can recreate the folder meanwhile. Swapping back is atomic too.
+    pub fn store_outage(&self) -> Result<StoreOutage> {
+        let bucket = self.bucket();
+        std::fs::create_dir_all(&bucket)?;
+        let aside = self.shared.path().join("bucket.offline");
+        std::fs::write(&aside, b"the backup store is down\n")?;
+        exchange(&bucket, &aside)?;
+        Ok(StoreOutage {
+            bucket,
+            aside,
+            active: true,
+        })
     }
 
     /// Node i's machine is gone for good: kill everything on its host, then start a new
@@ -385,8 +438,72 @@ impl Cluster {
 
     /// Start the writer and the split-brain monitor; stop them with [`Checkers::finish`].
     pub fn start_checkers(self: &Arc<Self>) -> Checkers {
-        Checkers::start(self.clone())
+        Checkers::start(self.clone(), "k")
     }
+
+    /// [`Cluster::start_checkers`] with the writer's keys `{prefix}{n}` instead of `k{n}`:
+    /// checkers started one after another on the same data store must not share keys, or a
+    /// later run's lost write could hide behind an earlier run's copy of the same key.
+    pub fn start_checkers_with_prefix(self: &Arc<Self>, prefix: &str) -> Checkers {
+        Checkers::start(self.clone(), prefix)
+    }
+}
+
+/// The backup store taken down by [`Cluster::store_outage`]; back up on [`StoreOutage::end`]
+/// or drop.
+#[derive(Debug)]
+pub struct StoreOutage {
+    bucket: PathBuf,
+    /// The real folder while the store is down; the stand-in file afterwards.
+    aside: PathBuf,
+    active: bool,
+}
+
+impl StoreOutage {
+    /// Bring the store back (the folder returns under its name, atomically).
+    pub fn end(mut self) -> Result<()> {
+        self.restore()
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.active) {
+            exchange(&self.bucket, &self.aside)?;
+            std::fs::remove_file(&self.aside)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StoreOutage {
+    fn drop(&mut self) {
+        if let Err(e) = self.restore() {
+            eprintln!("bringing the backup store back: {e:#}");
+        }
+    }
+}
+
+/// Swap two paths atomically (renameat2 with RENAME_EXCHANGE; they may differ in type).
+fn exchange(a: &std::path::Path, b: &std::path::Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (ca, cb) = (
+        std::ffi::CString::new(a.as_os_str().as_bytes())?,
+        std::ffi::CString::new(b.as_os_str().as_bytes())?,
+    );
+    // SAFETY: renameat2(2) with two NUL-terminated paths that live across the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("exchanging {} and {}", a.display(), b.display()));
+    }
+    Ok(())
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -408,6 +525,12 @@ pub struct Report {
     pub errors: u64,
     /// Keys a primary answered OK to (acknowledged or not).
     pub accepted: BTreeSet<u64>,
+    /// The writer's keys are `{key_prefix}{n}`.
+    pub key_prefix: String,
+    /// When each acknowledged write was acknowledged (ms since start), in order.
+    pub acked_at_ms: Vec<u64>,
+    /// When the checkers were stopped (ms since start).
+    pub finished_ms: u64,
 }
 
 pub struct Checkers {
@@ -421,7 +544,7 @@ pub struct Checkers {
 }
 
 impl Checkers {
-    fn start(cluster: Arc<Cluster>) -> Checkers {
+    fn start(cluster: Arc<Cluster>, key_prefix: &str) -> Checkers {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let started = Instant::now();
@@ -452,9 +575,12 @@ impl Checkers {
             })
         };
         let client_ns = cluster.bed.host(cluster.client).name.clone();
-        let writer =
-            crate::sentinel_client::Writer::start(&client_ns, WriterConfig::new(cluster.target()))
-                .expect("start the Sentinel-discovering writer");
+        let config = WriterConfig {
+            key_prefix: key_prefix.to_string(),
+            ..WriterConfig::new(cluster.target())
+        };
+        let writer = crate::sentinel_client::Writer::start(&client_ns, config)
+            .expect("start the Sentinel-discovering writer");
         Checkers {
             stop,
             report,
@@ -465,6 +591,11 @@ impl Checkers {
                 .map(|i| cluster.node_ip(i).to_string())
                 .collect(),
         }
+    }
+
+    /// Wait for the first acknowledged write sent at or after `t`; when it was acknowledged.
+    pub fn wait_ack_after(&self, t: Instant, timeout: Duration) -> Option<Instant> {
+        self.writer.wait_ack_after(t, timeout)
     }
 
     pub fn elapsed_ms(&self) -> u64 {
@@ -512,6 +643,8 @@ impl Checkers {
         }
         let written = self.writer.finish();
         let mut report = std::mem::take(&mut *self.report.lock().unwrap());
+        report.finished_ms = self.started.elapsed().as_millis() as u64;
+        report.key_prefix = written.key_prefix.clone();
         report.attempts = written.writes.len() as u64;
         report.errors = written.errors_total;
         report.accepted = written
@@ -528,6 +661,10 @@ impl Checkers {
         acked.sort_by_key(|w| w.acked);
         for w in acked {
             report.acked.insert(w.n);
+            if let Some(at) = w.acked {
+                let ms = at.duration_since(self.started).as_millis() as u64;
+                report.acked_at_ms.push(ms);
+            }
             let ip = w.primary.rsplit_once(':').map_or(&*w.primary, |(ip, _)| ip);
             let Some(node) = self.node_ips.iter().position(|n| n == ip) else {
                 continue;
@@ -544,17 +681,22 @@ impl Checkers {
 impl Cluster {
     /// Every acknowledged write must be on the current primary (after the cluster settled).
     pub fn missing_acked(&self, report: &Report) -> Vec<u64> {
-        self.missing(&report.acked)
+        self.missing_with_prefix(&report.key_prefix, &report.acked)
     }
 
     /// The writer's keys among `keys` that the current primary lacks.
     pub fn missing(&self, keys: &BTreeSet<u64>) -> Vec<u64> {
+        self.missing_with_prefix("k", keys)
+    }
+
+    /// Keys `{prefix}{n}` for `n` in `keys` that the current primary lacks.
+    pub fn missing_with_prefix(&self, prefix: &str, keys: &BTreeSet<u64>) -> Vec<u64> {
         let p = match self.wait_primary(Duration::from_secs(30)) {
             Ok(p) => p,
             Err(_) => return keys.iter().copied().collect(),
         };
         let keys: Vec<u64> = keys.iter().copied().collect();
-        let have = crate::backups::present(&keys, "k", |args| self.cli(p, args));
+        let have = crate::backups::present(&keys, prefix, |args| self.cli(p, args));
         keys.into_iter().filter(|k| !have.contains(k)).collect()
     }
 }

@@ -5,6 +5,7 @@ pub mod azurite;
 pub mod backups;
 pub mod cluster;
 pub mod latency_proxy;
+pub mod nemesis;
 pub mod netns;
 pub mod node;
 pub mod s3;

@@ -21,12 +21,14 @@
 //!   subnet ([`SUBNET`]); host `i` is always `10.77.0.(10 + i)`. Tests running in parallel never
 //!   see each other's packets.
 //! * Faults are reversible and confined to the testbed's namespaces: link down on the switch
-//!   port ([`Testbed::isolate`]), and rules in an nftables table named [`NFT_TABLE`] inside the
-//!   affected host namespaces ([`Testbed::cut_link`], [`Testbed::set_loss`]).
+//!   port ([`Testbed::isolate`]), rules in an nftables table named [`NFT_TABLE`] inside the
+//!   affected host namespaces ([`Testbed::cut_link`], [`Testbed::drop_one_way`],
+//!   [`Testbed::set_loss`]), and token-bucket qdiscs on a host's link
+//!   ([`Testbed::limit_rate`]).
 //! * Dropping the testbed kills every process left in its host namespaces and deletes all of
 //!   its namespaces, also while a test is unwinding from a panic.
 //!
-//! Everything needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), `ip` (iproute2) and `nft`.
+//! Everything needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN), `ip` and `tc` (iproute2) and `nft`.
 //! Every wait in this module is bounded, so a broken environment fails a test instead of
 //! hanging it.
 
@@ -128,6 +130,10 @@ pub struct Host {
 struct Faults {
     /// Peers whose traffic is dropped in both directions.
     cut: BTreeSet<Ipv4Addr>,
+    /// Peers this host's packets to are dropped (on the way out): one half of a one-way drop.
+    drop_to: BTreeSet<Ipv4Addr>,
+    /// Peers whose packets to this host are dropped (on the way in): the other half.
+    drop_from: BTreeSet<Ipv4Addr>,
     /// Share of packets (0..=100) dropped in each direction, loopback excepted.
     loss_percent: u8,
 }
@@ -279,6 +285,54 @@ impl Testbed {
         self.update_link(i, j, false)
     }
 
+    /// Drops every IPv4 packet host `from` sends to host `to`, and nothing else: `to` still
+    /// reaches `from` (UDP from `to` arrives; TCP from either side stalls, since its replies
+    /// or acknowledgements cannot travel back). Like [`cut_link`](Self::cut_link), the rule
+    /// goes into both hosts: output on `from`, input on `to`.
+    pub fn drop_one_way(&self, from: usize, to: usize) -> Result<()> {
+        self.update_one_way(from, to, true)
+    }
+
+    /// Reverses [`drop_one_way`](Self::drop_one_way).
+    pub fn heal_one_way(&self, from: usize, to: usize) -> Result<()> {
+        self.update_one_way(from, to, false)
+    }
+
+    /// Limits host `i`'s link to `kbit` kbit/s in each direction with a token-bucket filter
+    /// (`tc qdisc tbf`, burst 16 kB, packets that would wait longer than 300 ms dropped),
+    /// on the host's interface (what it sends) and on its switch port (what it receives).
+    ///
+    /// This is the testbed's way to add latency: the kernels it runs on may lack `sch_netem`
+    /// (`tc qdisc … netem` fails with "Specified qdisc kind is unknown"), so there is no
+    /// fixed delay. Delay comes from queueing, up to 300 ms, and only while the host moves
+    /// more than the rate, e.g. under a writer's load; beyond that, packets are lost.
+    pub fn limit_rate(&self, i: usize, kbit: u32) -> Result<()> {
+        ensure!(kbit > 0, "a rate limit needs a rate");
+        let host = self.get(i)?;
+        let rate = format!("{kbit}kbit");
+        for (ns, dev) in [(&host.name, &host.iface), (&self.switch, &host.port)] {
+            let args = ["qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate];
+            run_tc(
+                ns,
+                &[&args[..], &["burst", "16kb", "latency", "300ms"]].concat(),
+            )
+            .with_context(|| format!("limiting the rate of host {}", host.name))?;
+        }
+        Ok(())
+    }
+
+    /// Reverses [`limit_rate`](Self::limit_rate) (nothing to do if host `i` has no limit).
+    pub fn clear_rate_limit(&self, i: usize) -> Result<()> {
+        let host = self.get(i)?;
+        for (ns, dev) in [(&host.name, &host.iface), (&self.switch, &host.port)] {
+            if run_tc(ns, &["qdisc", "show", "dev", dev, "root"])?.contains("tbf") {
+                run_tc(ns, &["qdisc", "del", "dev", dev, "root"])
+                    .with_context(|| format!("clearing the rate limit of host {}", host.name))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops `percent`% of host `i`'s packets, chosen at random, independently on the way in
     /// and on the way out (so a request/response exchange with a lossless peer loses
     /// `percent`% twice). Loopback inside the host is exempt. 0 removes the loss.
@@ -314,6 +368,26 @@ impl Testbed {
                 self.hosts.len()
             )
         })
+    }
+
+    fn update_one_way(&self, from: usize, to: usize, drop: bool) -> Result<()> {
+        ensure!(from != to, "cannot drop host {from}'s packets to itself");
+        let (a, b) = (self.get(from)?, self.get(to)?);
+        for (host, set, peer) in [(a, true, b), (b, false, a)] {
+            let mut faults = lock(&host.faults);
+            let peers = if set {
+                &mut faults.drop_to
+            } else {
+                &mut faults.drop_from
+            };
+            if drop {
+                peers.insert(peer.ip);
+            } else {
+                peers.remove(&peer.ip);
+            }
+            apply_faults(host, &faults)?;
+        }
+        Ok(())
     }
 
     fn update_link(&self, i: usize, j: usize, cut: bool) -> Result<()> {
@@ -517,18 +591,23 @@ fn apply_faults(host: &Host, faults: &Faults) -> Result<()> {
 /// cannot fail), delete it, recreate it. No faults leaves no table at all.
 fn render_faults(faults: &Faults) -> String {
     let mut script = format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
-    if !faults.cut.is_empty() || faults.loss_percent > 0 {
+    let dropped_in: BTreeSet<&Ipv4Addr> = faults.cut.union(&faults.drop_from).collect();
+    let dropped_out: BTreeSet<&Ipv4Addr> = faults.cut.union(&faults.drop_to).collect();
+    if !dropped_in.is_empty() || !dropped_out.is_empty() || faults.loss_percent > 0 {
         let mut input = String::from("iif \"lo\" accept\n");
         let mut output = String::from("oif \"lo\" accept\n");
-        if !faults.cut.is_empty() {
-            let peers = faults
-                .cut
+        let list = |peers: &BTreeSet<&Ipv4Addr>| {
+            peers
                 .iter()
-                .map(Ipv4Addr::to_string)
+                .map(|ip| ip.to_string())
                 .collect::<Vec<_>>()
-                .join(", ");
-            input.push_str(&format!("ip saddr {{ {peers} }} drop\n"));
-            output.push_str(&format!("ip daddr {{ {peers} }} drop\n"));
+                .join(", ")
+        };
+        if !dropped_in.is_empty() {
+            input.push_str(&format!("ip saddr {{ {} }} drop\n", list(&dropped_in)));
+        }
+        if !dropped_out.is_empty() {
+            output.push_str(&format!("ip daddr {{ {} }} drop\n", list(&dropped_out)));
         }
         if faults.loss_percent > 0 {
             // nft rejects `< 100` on a `mod 100` value (range 0-99), so 100% is a plain drop.
@@ -616,6 +695,11 @@ fn netns_file(name: &str) -> Result<File> {
 /// `ip -n NS ARGS...`
 fn run_ip(ns: &str, args: &[&str]) -> Result<String> {
     run(Command::new("ip").args(["-n", ns]).args(args), None)
+}
+
+/// `tc -n NS ARGS...`
+fn run_tc(ns: &str, args: &[&str]) -> Result<String> {
+    run(Command::new("tc").args(["-n", ns]).args(args), None)
 }
 
 /// Several `ip` commands in namespace `ns` with one process; stops at the first failure.
@@ -774,6 +858,7 @@ mod tests {
         let faults = Faults {
             cut: [Ipv4Addr::new(10, 77, 0, 12), Ipv4Addr::new(10, 77, 0, 11)].into(),
             loss_percent: 30,
+            ..Faults::default()
         };
         let script = render_faults(&faults);
         let input = script.split("chain input").nth(1).unwrap();
@@ -788,12 +873,41 @@ mod tests {
     #[test]
     fn full_loss_renders_an_unconditional_drop() {
         let faults = Faults {
-            cut: BTreeSet::new(),
             loss_percent: 100,
+            ..Faults::default()
         };
         let script = render_faults(&faults);
         assert!(!script.contains("numgen"), "{script}");
         assert_eq!(script.matches("accept\ndrop\n").count(), 2, "{script}");
+    }
+
+    #[test]
+    fn one_way_drops_render_in_one_direction_only() {
+        let faults = Faults {
+            cut: [Ipv4Addr::new(10, 77, 0, 11)].into(),
+            drop_to: [Ipv4Addr::new(10, 77, 0, 12)].into(),
+            drop_from: [Ipv4Addr::new(10, 77, 0, 13)].into(),
+            ..Faults::default()
+        };
+        let script = render_faults(&faults);
+        let input = script.split("chain input").nth(1).unwrap();
+        let input = input.split("chain output").next().unwrap();
+        let output = script.split("chain output").nth(1).unwrap();
+        assert!(
+            input.contains("ip saddr { 10.77.0.11, 10.77.0.13 } drop"),
+            "{script}"
+        );
+        assert!(
+            output.contains("ip daddr { 10.77.0.11, 10.77.0.12 } drop"),
+            "{script}"
+        );
+        let only_to = Faults {
+            drop_to: [Ipv4Addr::new(10, 77, 0, 12)].into(),
+            ..Faults::default()
+        };
+        let script = render_faults(&only_to);
+        assert!(!script.contains("saddr"), "{script}");
+        assert!(script.contains("ip daddr { 10.77.0.12 } drop"), "{script}");
     }
 
     #[test]

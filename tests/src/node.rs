@@ -170,6 +170,10 @@ impl NodeSpec {
 
 /// A running (or stopped) agent with its own temporary directory.
 pub struct Agent {
+    /// A small filesystem mounted on the data directory ([`Agent::use_small_data_disk`]).
+    /// Declared before `dir`, because fields drop in order: it is unmounted (after `Drop`
+    /// killed the processes using it) before the directory is removed.
+    data_disk: Option<SmallDisk>,
     pub spec: NodeSpec,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -196,11 +200,12 @@ impl Agent {
     pub fn from_config(spec: NodeSpec, dir: tempfile::TempDir, config_path: PathBuf) -> Agent {
         Agent {
             spec,
-            dir,
             config_path,
             child: Mutex::new(None),
             wrapper: Vec::new(),
             netns: None,
+            data_disk: None,
+            dir,
         }
     }
 
@@ -236,6 +241,13 @@ impl Agent {
 
     pub fn ca_file(&self) -> PathBuf {
         self.state_dir().join("tls/ca.crt")
+    }
+
+    /// Put the data directory on a filesystem of its own of `mb` MiB ([`SmallDisk`]), so a
+    /// test can fill it ([`fill_filesystem`]). Call it before the agent first starts.
+    pub fn use_small_data_disk(&mut self, mb: u64) -> Result<()> {
+        self.data_disk = Some(SmallDisk::mount(&self.data_dir(), mb)?);
+        Ok(())
     }
 
     /// The command that runs `redis-steward run` for this node, with its log file attached.
@@ -336,7 +348,10 @@ impl Agent {
         self.status()?["redis"]["pid"].as_u64().map(|p| p as u32)
     }
 
-    fn try_exit_code(&self) -> Option<Option<i32>> {
+    /// Whether the agent process has exited, without waiting: `Some(code)` (`Some(None)`
+    /// when a signal ended it), or None while it runs or when it was never started or
+    /// already waited for ([`Agent::wait_exit`], [`Agent::stop`]).
+    pub fn try_exit_code(&self) -> Option<Option<i32>> {
         let mut guard = self.child.lock().unwrap();
         let c = guard.as_mut()?;
         c.try_wait().ok().flatten().map(|s| s.code())
@@ -426,6 +441,177 @@ impl Drop for Agent {
             if let Some(p) = redis {
                 wait_pid_gone(p, Duration::from_secs(10));
             }
+        }
+    }
+}
+
+/// A small filesystem of its own mounted on a directory (e.g. an agent's data directory), so
+/// a test can run it out of space without touching the machine's disks. It is a tmpfs of a
+/// fixed size: no loop device or mkfs needed, it costs memory only for what is written, and
+/// a full one fails writes with ENOSPC like any disk. Unmounted on drop (lazily if a process
+/// still holds a file on it).
+#[derive(Debug)]
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mount a tmpfs of `mb` MiB on `path` (created if missing).
+    pub fn mount(path: &Path, mb: u64) -> Result<SmallDisk> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0755")])
+            .arg("rs-test-disk")
+            .arg(path)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mounting a {mb} MiB tmpfs on {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("could not unmount {}", self.path.display());
+        }
+    }
+}
+
+/// A filesystem filled to the last block by one file; the file is removed on drop.
+#[derive(Debug)]
+pub struct Filled {
+    file: PathBuf,
+    /// How many bytes the file took.
+    pub bytes: u64,
+}
+
+impl Filled {
+    /// Remove the file: the space is free again.
+    pub fn release(self) {}
+}
+
+impl Drop for Filled {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.file) {
+            eprintln!("removing {}: {e}", self.file.display());
+        }
+    }
+}
+
+/// Fill the filesystem that holds `dir` with one file, `dir/fill-<pid>.tmp`, allocated
+/// (fallocate, so it takes no time) in ever smaller pieces until not one block is left.
+/// Everything else on it then fails to grow with ENOSPC until the [`Filled`] is dropped.
+pub fn fill_filesystem(dir: &Path) -> Result<Filled> {
+    use std::os::fd::AsRawFd;
+    let file = dir.join(format!("fill-{}.tmp", std::process::id()));
+    let f = std::fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?;
+    // From here on the file is removed again on any error.
+    let mut filled = Filled { file, bytes: 0 };
+    let free = free_bytes(dir)?;
+    let mut chunk = free.max(4096);
+    let mut offset: u64 = 0;
+    // Bounded: each failure halves the piece (at most ~40 halvings from any size), each
+    // success adds one (and successes are followed by smaller pieces once space runs low).
+    for _ in 0..400 {
+        if chunk < 4096 {
+            break;
+        }
+        // SAFETY: fallocate(2) on a file descriptor we own.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, chunk as i64) };
+        if rc == 0 {
+            offset += chunk;
+        } else {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOSPC) {
+                return Err(err).with_context(|| format!("fallocate in {}", dir.display()));
+            }
+            chunk /= 2;
+        }
+    }
+    filled.bytes = offset;
+    Ok(filled)
+}
+
+/// Bytes free for unprivileged use on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs(3) writes into the zeroed struct we pass.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", dir.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Send `sig` to process `pid` — by pid only, never by name — after checking that the pid
+/// still runs `comm` (its `/proc/PID/comm`), so a pid the kernel handed to another process
+/// since it was read is never signalled.
+pub fn signal_pid(pid: u32, sig: i32, comm: &str) -> Result<()> {
+    let actual = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if actual.trim() != comm {
+        bail!("pid {pid} is {:?}, not {comm}", actual.trim());
+    }
+    // SAFETY: kill(2) on a pid just checked to be the test's own process.
+    if unsafe { libc::kill(pid as i32, sig) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("kill {pid}"));
+    }
+    Ok(())
+}
+
+/// Processes paused with SIGSTOP, by pid; they get SIGCONT, in the order they were
+/// stopped, when this is dropped (also while a failing test unwinds), so a test never
+/// leaves a process frozen.
+#[derive(Debug, Default)]
+pub struct Stopped {
+    pids: Vec<(u32, String)>,
+}
+
+impl Stopped {
+    pub fn new() -> Stopped {
+        Stopped::default()
+    }
+
+    /// SIGSTOP `pid`, which must be running `comm` (see [`signal_pid`]).
+    pub fn stop(&mut self, pid: u32, comm: &str) -> Result<()> {
+        signal_pid(pid, libc::SIGSTOP, comm)?;
+        self.pids.push((pid, comm.to_string()));
+        Ok(())
+    }
+
+    /// SIGCONT everything stopped (dropping does the same).
+    pub fn resume(self) {}
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for (pid, comm) in self.pids.drain(..) {
+            // A process killed meanwhile has nothing to resume.
+            let _ = signal_pid(pid, libc::SIGCONT, &comm);
         }
     }
 }

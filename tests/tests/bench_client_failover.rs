@@ -27,11 +27,10 @@
 
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
-use steward_testbed::cluster::{Cluster, REDIS_PORT};
+use steward_testbed::cluster::Cluster;
 use steward_testbed::netns::Testbed;
-use steward_testbed::node::{env_or, PASSWORD};
+use steward_testbed::node::env_or;
 use steward_testbed::sentinel_client::{
     verify, ProbeTarget, SentinelTarget, SplitBrainMonitor, Writer, WriterConfig, WriterReport,
 };
@@ -125,15 +124,7 @@ impl Deployment for Cluster {
         Ok(())
     }
     fn probe_targets(&self) -> Vec<ProbeTarget> {
-        (0..self.nodes.len())
-            .map(|i| ProbeTarget {
-                name: self.nodes[i].spec.node_name.clone(),
-                netns: self.bed.host(i).name.clone(),
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, REDIS_PORT)),
-                tls_ca: Some(self.ca_file()),
-                password: Some(PASSWORD.into()),
-            })
-            .collect()
+        Cluster::probe_targets(self)
     }
     fn logs(&self) -> String {
         // The agents' own view (role, epoch, writable) first: it tells a paused primary from

@@ -1,7 +1,7 @@
 //! Checks the network-namespace testbed itself: reachability, every fault and its reversal,
 //! cleanup, and that parallel testbeds stay apart. The cluster end-to-end tests trust these.
 //!
-//! Needs root, `ip` and `nft`, like every test that uses `steward_testbed::netns`.
+//! Needs root, `ip`, `tc` and `nft`, like every test that uses `steward_testbed::netns`.
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
@@ -247,15 +247,21 @@ fn full_loss_blocks_and_clear_loss_restores() {
 
 /// Sends `count` datagrams from host 0 to host 1 and returns how many arrived.
 fn udp_delivered(tb: &Testbed, count: usize) -> usize {
+    udp_delivered_between(tb, 0, 1, count)
+}
+
+/// Sends `count` datagrams from host `from` to host `to` and returns how many arrived.
+fn udp_delivered_between(tb: &Testbed, from: usize, to: usize, count: usize) -> usize {
     let receiver = tb
-        .host(1)
-        .run_in(|| UdpSocket::bind((tb.host(1).ip, 0)))
+        .host(to)
+        .run_in(|| UdpSocket::bind((tb.host(to).ip, 0)))
         .unwrap();
     let to = receiver.local_addr().unwrap();
-    tb.host(0).run_in(|| {
-        let sender = UdpSocket::bind((tb.host(0).ip, 0)).unwrap();
+    tb.host(from).run_in(|| {
+        let sender = UdpSocket::bind((tb.host(from).ip, 0)).unwrap();
         for i in 0..count {
-            sender.send_to(&(i as u32).to_be_bytes(), to).unwrap();
+            // A packet dropped on the sender's way out fails with EPERM: not delivered.
+            let _ = sender.send_to(&(i as u32).to_be_bytes(), to);
         }
     });
     receiver
@@ -285,6 +291,88 @@ fn partial_loss_drops_some_packets_but_not_all() {
 
     tb.clear_loss(1).unwrap();
     assert_eq!(udp_delivered(&tb, 100), 100);
+}
+
+#[test]
+fn one_way_drop_blocks_one_direction_only() {
+    let tb = Testbed::new(3).unwrap();
+    assert_reachable(&tb, &[(0, 1), (1, 0)]);
+
+    tb.drop_one_way(0, 1).unwrap();
+    assert_eq!(udp_delivered_between(&tb, 0, 1, 20), 0, "0 -> 1 passed");
+    assert_eq!(
+        udp_delivered_between(&tb, 1, 0, 20),
+        20,
+        "1 -> 0 was dropped"
+    );
+    assert_eq!(
+        udp_delivered_between(&tb, 0, 2, 20),
+        20,
+        "0 -> 2 was dropped"
+    );
+    // TCP needs both directions.
+    assert_blocked(&tb, &[(0, 1), (1, 0)]);
+    assert_reachable(&tb, &[(0, 2), (2, 1)]);
+
+    tb.heal_one_way(0, 1).unwrap();
+    assert_reachable(&tb, &[(0, 1), (1, 0)]);
+    for i in [0, 1] {
+        let tables = tb.host(i).exec(&["nft", "list", "tables"]).unwrap();
+        assert!(!tables.contains("rs_testbed"), "{tables}");
+    }
+    assert!(tb.drop_one_way(1, 1).is_err());
+}
+
+/// How long sending `bytes` over TCP from host `from` to host `to` takes, until the
+/// receiver has read them all. Bounded: every read and write gives up after 30 s.
+fn tcp_transfer_time(tb: &Testbed, from: usize, to: usize, bytes: usize) -> Duration {
+    let listener = listen(tb.host(to), 0);
+    let addr = listener.local_addr().unwrap();
+    let reader = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        received.len()
+    });
+    let started = Instant::now();
+    let mut stream = connect(tb.host(from), addr, CONNECT_TIMEOUT).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(&vec![7u8; bytes]).unwrap();
+    drop(stream);
+    assert_eq!(reader.join().unwrap(), bytes);
+    started.elapsed()
+}
+
+#[test]
+fn limit_rate_slows_the_link_both_ways_and_clearing_restores_it() {
+    let tb = Testbed::new(2).unwrap();
+    // 256 KiB: milliseconds on a veth, about 4 s at 512 kbit/s (64 kB/s) after the burst.
+    let bytes = 256 << 10;
+    let fast = tcp_transfer_time(&tb, 0, 1, bytes);
+    assert!(fast < Duration::from_secs(1), "unlimited took {fast:?}");
+
+    tb.limit_rate(1, 512).unwrap();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let slow = tcp_transfer_time(&tb, from, to, bytes);
+        assert!(
+            slow > Duration::from_secs(2),
+            "{from} -> {to} took {slow:?}"
+        );
+    }
+    tb.clear_rate_limit(1).unwrap();
+    // Twice is harmless.
+    tb.clear_rate_limit(1).unwrap();
+    let fast = tcp_transfer_time(&tb, 1, 0, bytes);
+    assert!(
+        fast < Duration::from_secs(1),
+        "after clearing took {fast:?}"
+    );
+    assert!(tb.limit_rate(1, 0).is_err());
 }
 
 #[test]
