@@ -182,6 +182,7 @@ fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
         .expect("isolated primary never fenced itself");
     let new = c.wait_new_primary(old, Duration::from_secs(30)).unwrap();
     let elected = t0.elapsed();
+    let new_epoch = c.epoch(new).unwrap();
     eprintln!("isolated primary fenced after {fenced:?}; new primary after {elected:?}");
     assert!(
         fenced < elected,
@@ -199,6 +200,9 @@ fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
         .cli_from(old, "127.0.0.1", secs(15), &["CLIENT", "UNPAUSE"])
         .contains("NOPERM"));
     assert!(checkers.wait_more_acks(30, Duration::from_secs(20)));
+    // Cut off long enough to have campaigned alone through several epochs (it cannot: it
+    // hears no majority), which would force the healthy side to elect again after the heal.
+    std::thread::sleep(Duration::from_secs(5));
     c.bed.heal(old).unwrap();
     let rejoined =
         steward_testbed::node::wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
@@ -213,6 +217,14 @@ fn an_isolated_primary_fences_itself_and_rejoins_as_replica() {
         c.logs()
     );
     assert_eq!(c.primary(), Some(new));
+    // Settled again (every replica linked for a second), with no election on the way.
+    assert_eq!(c.wait_settled(Duration::from_secs(30)).ok(), Some(new));
+    assert_eq!(
+        c.epoch(new),
+        Some(new_epoch),
+        "the healthy side had to elect again after the heal; logs:\n{}",
+        c.logs()
+    );
     assert_eq!(
         c.cli(new, &["EXISTS", "split-brain"]),
         "0",
