@@ -420,3 +420,94 @@ fn retention_prunes_expired_chains_and_keeps_the_newest_restorable_one() {
     drop(restored);
     agent.stop().unwrap();
 }
+
+/// Issue 13: `backup verify` checks continuity, not only the objects that exist: a deleted
+/// WAL segment in the middle of a chain and a deleted base each make it exit non-zero, naming
+/// the gap or the missing base, with a summary line.
+#[test]
+fn verify_fails_on_a_wal_gap_and_on_a_missing_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let agent = agent_with_backups(&bucket, &key);
+    wait_snapshot(&agent, 0);
+    // Writes over ~2 s: several 200 ms segments.
+    for i in 0..20 {
+        assert_eq!(agent.cmd(&["SET", &format!("k{i}"), "v"]), "OK");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_wal(&agent);
+    agent.stop().unwrap();
+    let cfg = agent.config_path.clone();
+    let text = |o: &std::process::Output| {
+        format!(
+            "exit {:?}\n{}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let verify = |config: &Path| {
+        let c = config.to_string_lossy().to_string();
+        run_cli(&["backup", "verify", "--config", &c])
+    };
+    let out = verify(&cfg);
+    println!("intact:\n{}", text(&out));
+    assert_success(&out);
+
+    // A copy of the bucket with one object removed, and a config pointing at it.
+    let damaged = |name: &str, remove: &dyn Fn(&[std::path::PathBuf]) -> std::path::PathBuf| {
+        let b = tmp.path().join(name);
+        assert!(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&bucket)
+            .arg(&b)
+            .status()
+            .unwrap()
+            .success());
+        let victim = remove(&objects(&b));
+        std::fs::remove_file(&victim).unwrap();
+        let c = tmp.path().join(format!("{name}.toml"));
+        let body = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(bucket.to_str().unwrap(), b.to_str().unwrap());
+        std::fs::write(&c, body).unwrap();
+        (victim, c)
+    };
+    let mut failures = Vec::new();
+
+    let (victim, c) = damaged("gap", &|objs| {
+        let segs: Vec<_> = objs
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("/wal/"))
+            .cloned()
+            .collect();
+        assert!(segs.len() >= 3, "too few segments: {segs:?}");
+        segs[segs.len() / 2].clone()
+    });
+    let out = verify(&c);
+    let msg = text(&out);
+    println!("deleted middle segment {}:\n{msg}", victim.display());
+    if out.status.success() || !msg.contains("gap") {
+        failures.push(format!("a deleted middle segment: {msg}"));
+    }
+
+    let (victim, c) = damaged("nobase", &|objs| {
+        objs.iter()
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("base-")
+            })
+            .unwrap()
+            .clone()
+    });
+    let out = verify(&c);
+    let msg = text(&out);
+    println!("deleted base {}:\n{msg}", victim.display());
+    if out.status.success() || !msg.contains("base") {
+        failures.push(format!("a deleted base: {msg}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

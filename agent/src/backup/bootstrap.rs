@@ -9,14 +9,18 @@
 //!   resume replication only from a replication id and offset that an AOF restore does not
 //!   carry, so the primary forks and sends a full RDB either way, and the replica would only
 //!   be ready later (ARCHITECTURE.md, "Restore and replacement").
-//! * Otherwise the newest restorable backup is restored (one-node plans, or an HA data store
-//!   with no primary left).
+//! * Otherwise the newest backup is restored (one-node plans, or an HA data store with no
+//!   primary left) — the newest point only ([`Catalog::newest_point`]): when the newest chain
+//!   lost its base or has a WAL gap, the start is refused rather than an older chain
+//!   restored, which would serve data up to a day old as if nothing were lost. The operator
+//!   decides: restore an older point by hand (`redis-steward restore --at …`), or
+//!   `run --start-empty`.
 //! * A data store starts empty only when nothing says it had history: no backup at all, and
 //!   this node never started one before (the marker survives a wiped data directory). A
 //!   backup store that cannot be read, or backups none of which restores, stop the start
 //!   rather than risk serving an empty data set; `run --start-empty` overrides.
 
-use crate::backup::catalog::{format_utc, Catalog};
+use crate::backup::catalog::{format_utc, Catalog, CatalogError};
 use crate::cluster::election::{PublishedState, Role};
 use crate::cluster::gossip::cluster::Gossip;
 use anyhow::{bail, Context, Result};
@@ -39,6 +43,9 @@ pub enum Backups {
     NothingRestorable {
         chains: usize,
     },
+    /// The newest point cannot be restored (the newest chain has no base, or a WAL gap),
+    /// though an older chain could: the error says which chain and what is missing.
+    NewestLost(String),
     /// The store did not answer (the error).
     Unreadable(String),
 }
@@ -121,6 +128,15 @@ pub fn decide(s: &Situation) -> Decision {
                  chain(s) of which none can be restored (see `redis-steward backup list`); \
                  not starting empty on top of that history. Pass --start-empty to start \
                  with no data"
+            ),
+        ),
+        Backups::NewestLost(why) => d(
+            Start::Refuse,
+            format!(
+                "empty data directory{no_primary}, and the newest backup cannot be restored: \
+                 {why}. Not restoring an older backup on its own, which would serve older data \
+                 as if it were the newest. Restore an older point by hand (`redis-steward \
+                 restore --at …`) and start again, or pass --start-empty to start with no data"
             ),
         ),
         Backups::Off | Backups::Empty if s.served_before => d(
@@ -237,14 +253,15 @@ async fn look_at_backups(store: &crate::store::Store) -> Backups {
         }
         return Backups::Empty;
     }
-    match cat.newest_restorable() {
-        Some(c) => Backups::Restorable {
+    match cat.newest_point() {
+        Ok(c) => Backups::Restorable {
             chain: c.id.to_string(),
             newest_unix_ms: c.window.map_or(0, |w| w.end_unix_ms),
         },
-        None => Backups::NothingRestorable {
+        Err(CatalogError::NothingRestorable { .. }) => Backups::NothingRestorable {
             chains: cat.chains.len(),
         },
+        Err(e) => Backups::NewestLost(e.to_string()),
     }
 }
 
@@ -291,6 +308,7 @@ mod tests {
                 newest_unix_ms: 0,
             },
             Backups::NothingRestorable { chains: 2 },
+            Backups::NewestLost("the newest backup chain c cannot be restored".into()),
             Backups::Unreadable("connection refused".into()),
         ]
     }
@@ -359,5 +377,16 @@ mod tests {
             false,
         ));
         assert!(d.reason.contains("3 chain(s)"), "{}", d.reason);
+        let d = decide(&situation(
+            false,
+            false,
+            Backups::NewestLost("the newest backup chain c has no base".into()),
+            true,
+            false,
+        ));
+        assert_eq!(d.start, Start::Refuse);
+        assert!(d.reason.contains("chain c has no base"), "{}", d.reason);
+        assert!(d.reason.contains("restore --at"), "{}", d.reason);
+        assert!(d.reason.contains("--start-empty"), "{}", d.reason);
     }
 }

@@ -54,25 +54,44 @@
 //! - anything else is a [`Gap`], reported with the missing range. The first gap ends the
 //!   restorable window; the walk goes on past it only to report further gaps.
 //!
+//! The shipper uploads a chain's base before any other object of it, so a listed chain
+//! without a base lost it (deleted, or a prune of an old chain cut short); it is never
+//! "still uploading".
+//!
 //! A chain is *restorable* when it has a base. Its window runs from its start to the upload
 //! time of the last segment reached without a gap — or to its end marker when the WAL has no
 //! gap, since a cleanly closed chain took no writes after its last segment. A chain with
 //! several bases (a shipper bug) uses the lowest-numbered one and reports the others.
 //!
+//! # Problems
+//!
+//! Everything wrong with a chain is computed once, in [`Chain::issues`] ([`Problem`]), and
+//! used by `backup list` (the PROBLEMS column), `backup verify` (which fails on every
+//! [`Problem::is_break`]: a missing base, a WAL gap, an extra end marker, a segment newer
+//! than the end marker), restores and an empty node's start ([`Catalog::newest_point`]).
+//!
 //! # Restore
 //!
-//! [`Catalog::restore_plan`] without a target takes the newest restorable chain and its whole
-//! restore path. With a target it takes the newest restorable chain whose window contains it
+//! [`Catalog::restore_plan`] without a target takes the newest point,
+//! [`Catalog::newest_point`]: the newest chain in chain order and its whole restore path —
+//! and only when that chain has its base and no WAL gap. Otherwise the newest point is not in
+//! the backups, and the plan is an error naming the chain and what is missing, with the
+//! `--at` of the newest second an older chain restores ([`newest_second`]): an older chain is
+//! never taken in its place, since it would restore data up to a day old as if it were the
+//! newest. With a target it takes the newest restorable chain whose window contains it
 //! (chains overlap around a daily snapshot), and the restore path through the first segment
 //! uploaded at or after the target: that segment may hold later writes, so the restore
 //! truncates the AOF at the target. A target outside every window is an error listing the
 //! windows — also one after the newest window's end, as writes after it may never have been
 //! shipped; restoring without a target gives the newest state.
 //!
-//! What the listing cannot show, the shipper's contract covers (and the per-chain manifest
-//! `backup verify` checks): an incr file is uploaded in order to its last byte before any
-//! byte of the next one, so a segment of incr N+1 proves incr N was complete; a whole incr
-//! file lost at the very start or end of a chain is invisible here.
+//! What the listing cannot show, the shipper's contract covers: an incr file is uploaded in
+//! order to its last byte before any byte of the next one, so a segment of incr N+1 proves
+//! incr N was complete. The loss of a chain's *last* segments — an open chain's newest WAL,
+//! or a closed chain's WAL just before its end marker (which records no position) — and of a
+//! whole incr file at the very start of a chain are invisible here and to `backup verify`:
+//! finding them needs a per-chain manifest of what was shipped, which the format does not
+//! have yet.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -501,8 +520,8 @@ impl fmt::Display for Window {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     pub id: ChainId,
-    /// The lowest-numbered base of the chain; `None` while it is being uploaded, or after a
-    /// prune deleted it (an orphan).
+    /// The lowest-numbered base of the chain; `None` when it was lost (deleted, or a prune cut
+    /// short: an orphan). The shipper uploads it before any other object of the chain.
     pub base: Option<Base>,
     /// Further bases (a shipper bug): reported, ignored by the restore.
     pub extra_bases: Vec<Base>,
@@ -518,6 +537,75 @@ pub struct Chain {
     pub gaps: Vec<Gap>,
     /// `Some` exactly when the chain has a base.
     pub window: Option<Window>,
+    /// Everything wrong with the chain that the listing shows, computed once here and used by
+    /// `backup list`, `backup verify`, restores and an empty node's start alike.
+    pub issues: Vec<Problem>,
+}
+
+/// Something wrong with a chain, as far as the listing shows.
+///
+/// What a listing cannot show is not here: the loss of an open chain's *last* segments (or of
+/// a closed chain's last segments before its end marker, which records no position) leaves
+/// WAL that looks complete. Detecting that needs a per-chain manifest of what was shipped,
+/// which the format does not have yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// No base object: nothing of the chain can be restored. The shipper uploads a chain's
+    /// base before any other object of it, so a listed chain without one lost its base
+    /// (deleted by hand or by the store, or a prune of an old chain cut short).
+    MissingBase { chain: ChainId },
+    /// A further base (a shipper bug): reported, ignored by the restore. Not a break.
+    ExtraBase { seq: u64 },
+    /// WAL the restore cannot use. The first gap of a chain with a base ends its window.
+    Gap { gap: Gap, ends_window: bool },
+    /// More end markers than one (the first one counts).
+    ExtraEndMarker { path: String },
+    /// A segment stamped after the chain's end marker: the marker does not close the WAL it
+    /// claims to (the chain was written to after it was closed, or the clock went back).
+    SegmentAfterEnd {
+        segment: String,
+        segment_unix_ms: u64,
+        marker: String,
+        marker_unix_ms: u64,
+    },
+}
+
+impl Problem {
+    /// Whether backup data is missing or contradicts itself (`backup verify` fails on it).
+    /// Only an extra base is not: the chain is whole, it just has one base too many.
+    pub fn is_break(&self) -> bool {
+        !matches!(self, Problem::ExtraBase { .. })
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::MissingBase { chain } => write!(
+                f,
+                "no base: {}base-NNNNNN{SUFFIX} is missing, nothing of the chain can be restored",
+                chain.dir()
+            ),
+            Problem::ExtraBase { seq } => write!(f, "extra base {seq} ignored"),
+            Problem::Gap {
+                gap,
+                ends_window: true,
+            } => write!(f, "WAL gap ends the window: {gap}"),
+            Problem::Gap { gap, .. } => write!(f, "WAL gap: {gap}"),
+            Problem::ExtraEndMarker { path } => write!(f, "extra end marker {path}"),
+            Problem::SegmentAfterEnd {
+                segment,
+                segment_unix_ms,
+                marker_unix_ms,
+                ..
+            } => write!(
+                f,
+                "end marker ({}) is older than the last segment {segment} (uploaded {})",
+                format_utc(*marker_unix_ms),
+                format_utc(*segment_unix_ms)
+            ),
+        }
+    }
 }
 
 impl Chain {
@@ -564,6 +652,29 @@ impl Chain {
                 end_unix_ms: end,
             }
         });
+        let mut issues = Vec::new();
+        if base.is_none() {
+            issues.push(Problem::MissingBase { chain: id.clone() });
+        }
+        issues.extend(bases.iter().map(|b| Problem::ExtraBase { seq: b.seq }));
+        issues.extend(walk.gaps.iter().enumerate().map(|(i, g)| Problem::Gap {
+            gap: *g,
+            ends_window: i == 0 && base.is_some(),
+        }));
+        if let Some(marker) = end_markers.first() {
+            issues.extend(end_markers[1..].iter().map(|m| Problem::ExtraEndMarker {
+                path: m.path.clone(),
+            }));
+            let last = segments.iter().max_by_key(|s| (s.unix_ms, &s.path));
+            if let Some(last) = last.filter(|s| s.unix_ms > marker.unix_ms) {
+                issues.push(Problem::SegmentAfterEnd {
+                    segment: last.path.clone(),
+                    segment_unix_ms: last.unix_ms,
+                    marker: marker.path.clone(),
+                    marker_unix_ms: marker.unix_ms,
+                });
+            }
+        }
         Chain {
             id,
             base,
@@ -574,7 +685,14 @@ impl Chain {
             redundant,
             gaps: walk.gaps,
             window,
+            issues,
         }
+    }
+
+    /// The problems that mean backup data is missing or contradicts itself
+    /// ([`Problem::is_break`]): what `backup verify` fails on.
+    pub fn breaks(&self) -> impl Iterator<Item = &Problem> {
+        self.issues.iter().filter(|p| p.is_break())
     }
 
     /// Whether the chain has a base (and so a window).
@@ -606,23 +724,9 @@ impl Chain {
             .collect()
     }
 
-    /// What an operator should look at, in plain words.
+    /// What an operator should look at, in plain words ([`Chain::issues`]).
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.base.is_none() {
-            out.push("no base: not restorable (still uploading, or a pruned orphan)".to_string());
-        }
-        for b in &self.extra_bases {
-            out.push(format!("extra base {} ignored", b.seq));
-        }
-        for (i, g) in self.gaps.iter().enumerate() {
-            if i == 0 && self.base.is_some() {
-                out.push(format!("WAL gap ends the window: {g}"));
-            } else {
-                out.push(format!("WAL gap: {g}"));
-            }
-        }
-        out
+        self.issues.iter().map(Problem::to_string).collect()
     }
 
     /// Base plus the restore path cut after the first segment stamped at or after `target`,
@@ -838,15 +942,89 @@ pub enum CatalogError {
          ({foreign} foreign object(s) left alone)"
     )]
     NothingRestorable { chains: usize, foreign: usize },
-    #[error("{}", not_covered(*target_unix_ms, windows))]
+    #[error("{}", not_covered(*target_unix_ms, windows, newest_problem.as_deref()))]
     NotCovered {
         target_unix_ms: u64,
         /// Every restorable chain's window, in chain order.
         windows: Vec<(ChainId, Window)>,
+        /// Why the newest point cannot be restored, when it cannot ([`Catalog::newest_point`]).
+        newest_problem: Option<String>,
+    },
+    /// The newest chain has no base: the newest point is lost, and an older chain would
+    /// restore older data as if it were the newest. Never chosen silently.
+    #[error("{}", newest_without_base(chain, *segments, windows))]
+    NewestHasNoBase {
+        chain: ChainId,
+        /// WAL segments the chain holds (writes no restore can reach).
+        segments: usize,
+        /// Every restorable chain's window, in chain order.
+        windows: Vec<(ChainId, Window)>,
+    },
+    /// The newest chain's WAL has a gap: its writes after the gap are not in the backups.
+    #[error("{}", newest_has_gap(chain, gap, window))]
+    NewestHasGap {
+        chain: ChainId,
+        gap: Gap,
+        /// How far the chain restores (to just before the gap).
+        window: Window,
     },
 }
 
-fn not_covered(target: u64, windows: &[(ChainId, Window)]) -> String {
+/// The newest `--at` second (a restore to second T takes everything up to T.999) inside
+/// `w`, if the window holds one.
+pub fn newest_second(w: &Window) -> Option<u64> {
+    let s = w.end_unix_ms.checked_sub(999)? / 1000;
+    (s * 1000 + 999 >= w.start_unix_ms).then_some(s)
+}
+
+fn list_windows(windows: &[(ChainId, Window)]) -> String {
+    if windows.is_empty() {
+        return "none".to_string();
+    }
+    let list: Vec<String> = windows
+        .iter()
+        .map(|(id, w)| format!("{w} (chain {id})"))
+        .collect();
+    list.join(", ")
+}
+
+fn newest_without_base(chain: &ChainId, segments: usize, windows: &[(ChainId, Window)]) -> String {
+    let older = windows
+        .iter()
+        .rev()
+        .find_map(|(id, w)| Some((id, newest_second(w)?)));
+    let choose = match older {
+        Some((id, s)) => format!(
+            "To accept losing those writes, choose an older point explicitly: `redis-steward \
+             restore --at {s}` ({}, the newest second of chain {id}) or another time in a \
+             restorable window",
+            format_utc(s * 1000)
+        ),
+        None => "No older chain holds a whole restorable second either".to_string(),
+    };
+    format!(
+        "the newest backup chain {chain} cannot be restored: its base object \
+         ({}base-NNNNNN{SUFFIX}) is missing ({segments} WAL segment(s) of it are there, \
+         unusable without it). Refusing to restore an older chain in its place, which would \
+         silently lose every write since that chain ended. {choose}; restorable windows: {}",
+        chain.dir(),
+        list_windows(windows)
+    )
+}
+
+fn newest_has_gap(chain: &ChainId, gap: &Gap, window: &Window) -> String {
+    let at = match newest_second(window) {
+        Some(s) => format!("Restore with --at {s} to accept losing them"),
+        None => "No whole second before the gap can be restored".to_string(),
+    };
+    format!(
+        "chain {chain} is missing WAL ({gap}): its newest complete point is {}; writes after \
+         that are not in the backups. {at}",
+        format_utc(window.end_unix_ms)
+    )
+}
+
+fn not_covered(target: u64, windows: &[(ChainId, Window)], newest_problem: Option<&str>) -> String {
     let list: Vec<String> = windows
         .iter()
         .map(|(id, w)| format!("{w} (chain {id})"))
@@ -858,10 +1036,17 @@ fn not_covered(target: u64, windows: &[(ChainId, Window)]) -> String {
             "it is before the oldest backup ({}); older history was pruned or never taken",
             format_utc(o)
         ),
-        (_, Some(n)) if target > n => format!(
-            "it is after the newest restorable point ({}); restore without a time to get it",
-            format_utc(n)
-        ),
+        (_, Some(n)) if target > n => match newest_problem {
+            Some(p) => format!(
+                "it is after the newest restorable point ({}), and nothing later can be \
+                 restored: {p}",
+                format_utc(n)
+            ),
+            None => format!(
+                "it is after the newest restorable point ({}); restore without a time to get it",
+                format_utc(n)
+            ),
+        },
         _ => "it falls between windows (a failover, or a gap in the WAL)".to_string(),
     };
     format!(
@@ -869,6 +1054,21 @@ fn not_covered(target: u64, windows: &[(ChainId, Window)]) -> String {
         format_utc(target),
         list.join(", ")
     )
+}
+
+/// [`CatalogError::NewestHasNoBase`] and [`CatalogError::NewestHasGap`] in a few words, for
+/// the hint of [`CatalogError::NotCovered`] and the footer of `backup list`.
+fn newest_problem_short(e: &CatalogError) -> Option<String> {
+    match e {
+        CatalogError::NewestHasNoBase { chain, .. } => Some(format!(
+            "the newest chain {chain} has no base ({}base-NNNNNN{SUFFIX} is missing)",
+            chain.dir()
+        )),
+        CatalogError::NewestHasGap { chain, gap, .. } => {
+            Some(format!("the newest chain {chain} is missing WAL ({gap})"))
+        }
+        _ => None,
+    }
 }
 
 /// Everything under `backup/`, by chain.
@@ -944,42 +1144,84 @@ impl Catalog {
         self.chains.iter().find(|c| &c.id == id)
     }
 
-    /// The last restorable chain in chain order.
+    /// The last restorable chain in chain order. Not the newest point when a newer chain lost
+    /// its base: restores go by [`Catalog::newest_point`].
     pub fn newest_restorable(&self) -> Option<&Chain> {
         self.chains.iter().rev().find(|c| c.restorable())
     }
 
-    /// What to fetch to restore the newest state (`None`) or the state at `target_unix_ms`:
-    /// the newest restorable chain (whose window covers the target).
-    pub fn restore_plan(&self, target_unix_ms: Option<u64>) -> Result<RestorePlan, CatalogError> {
-        // Newest first; every restorable chain has a window.
-        let restorable: Vec<(&Chain, Window)> = self
-            .chains
+    /// Every restorable chain's window, in chain order.
+    fn windows(&self) -> Vec<(ChainId, Window)> {
+        self.chains
             .iter()
-            .rev()
-            .filter_map(|c| Some((c, c.window?)))
-            .collect();
-        if restorable.is_empty() {
-            return Err(CatalogError::NothingRestorable {
-                chains: self.chains.len(),
-                foreign: self.foreign.len(),
-            });
+            .filter_map(|c| Some((c.id.clone(), c.window?)))
+            .collect()
+    }
+
+    /// The chain holding the newest point, which a restore without a time (and an empty
+    /// node's start) takes: the newest chain in chain order, and only when it is whole. When
+    /// the newest chain has no base or a WAL gap, the newest point is not in the backups, and
+    /// this is an error saying so — never the previous chain, which would restore older data
+    /// as if it were the newest (an older point is for the operator to choose, with a time).
+    pub fn newest_point(&self) -> Result<&Chain, CatalogError> {
+        let newest = match self.chains.last() {
+            Some(c) if self.chains.iter().any(Chain::restorable) => c,
+            _ => {
+                return Err(CatalogError::NothingRestorable {
+                    chains: self.chains.len(),
+                    foreign: self.foreign.len(),
+                })
+            }
+        };
+        match (newest.window, newest.gaps.first()) {
+            (None, _) => Err(CatalogError::NewestHasNoBase {
+                chain: newest.id.clone(),
+                segments: newest.segments.len(),
+                windows: self.windows(),
+            }),
+            (Some(window), Some(gap)) => Err(CatalogError::NewestHasGap {
+                chain: newest.id.clone(),
+                gap: *gap,
+                window,
+            }),
+            (Some(_), None) => Ok(newest),
         }
+    }
+
+    /// What to fetch to restore the newest state (`None`: [`Catalog::newest_point`]) or the
+    /// state at `target_unix_ms`: the newest restorable chain whose window covers it.
+    pub fn restore_plan(&self, target_unix_ms: Option<u64>) -> Result<RestorePlan, CatalogError> {
         let chain = match target_unix_ms {
-            None => restorable[0].0,
-            Some(t) => match restorable.iter().find(|(_, w)| w.contains(t)) {
-                Some((c, _)) => c,
-                None => {
-                    return Err(CatalogError::NotCovered {
-                        target_unix_ms: t,
-                        windows: restorable
-                            .iter()
-                            .rev()
-                            .map(|(c, w)| (c.id.clone(), *w))
-                            .collect(),
-                    })
+            None => self.newest_point()?,
+            Some(t) => {
+                let windows = self.windows();
+                if windows.is_empty() {
+                    return Err(CatalogError::NothingRestorable {
+                        chains: self.chains.len(),
+                        foreign: self.foreign.len(),
+                    });
                 }
-            },
+                // Newest first; every restorable chain has a window.
+                let covering = self
+                    .chains
+                    .iter()
+                    .rev()
+                    .find(|c| c.window.is_some_and(|w| w.contains(t)));
+                match covering {
+                    Some(c) => c,
+                    None => {
+                        let newest_problem = self
+                            .newest_point()
+                            .err()
+                            .and_then(|e| newest_problem_short(&e));
+                        return Err(CatalogError::NotCovered {
+                            target_unix_ms: t,
+                            windows,
+                            newest_problem,
+                        });
+                    }
+                }
+            }
         };
         Ok(chain
             .plan(target_unix_ms)
@@ -1068,8 +1310,8 @@ impl Catalog {
         if self.chains.is_empty() {
             out.push_str("(no backup chains)\n");
         }
-        match self.newest_restorable() {
-            Some(c) => {
+        match (self.newest_point(), self.newest_restorable()) {
+            (Ok(c), _) => {
                 let w = c.window.expect("restorable chains have a window");
                 let _ = writeln!(
                     out,
@@ -1078,7 +1320,22 @@ impl Catalog {
                     format_utc(w.end_unix_ms)
                 );
             }
-            None => out.push_str("newest restorable: none\n"),
+            (Err(e), Some(c)) if newest_problem_short(&e).is_some() => {
+                let w = c.window.expect("restorable chains have a window");
+                let why = newest_problem_short(&e).unwrap_or_default();
+                let older = match newest_second(&w) {
+                    Some(s) => format!("restore --at {s} or earlier"),
+                    None => "restore --at a time in its window".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "newest point not restorable: {why}; a restore without --at refuses. \
+                     Newest restorable chain: {} (to {}; {older})",
+                    c.id,
+                    format_utc(w.end_unix_ms)
+                );
+            }
+            _ => out.push_str("newest restorable: none\n"),
         }
         if !self.foreign.is_empty() {
             let _ = writeln!(
@@ -1661,7 +1918,7 @@ mod tests {
     }
 
     /// Three chains: A (day 0, closed at day 1), B (day 1, a failover at 13:00 with no
-    /// marker), C (day 1 13:05, epoch 2, on node-b, still open), and D (in progress, no base).
+    /// marker), C (day 1 13:05, epoch 2, on node-b, still open), and D (its base lost).
     fn history() -> (Vec<ListedObject>, [ChainId; 4]) {
         let a = id(T0, 1, "node-a");
         let b = id(T0 + DAY, 1, "node-a");
@@ -1676,10 +1933,43 @@ mod tests {
 
     #[test]
     fn restore_plan_for_the_newest_state() {
-        let (listing, [_, _, c, _]) = history();
+        let (mut listing, [_, _, c, d]) = history();
+        // D lost its base: the newest point is lost, and C is not silently taken instead.
+        let cat = Catalog::from_listing(&listing);
+        let err = cat.restore_plan(None).unwrap_err();
+        assert_eq!(cat.newest_point().unwrap_err(), err);
+        assert!(
+            matches!(&err, CatalogError::NewestHasNoBase { chain, segments: 1, windows }
+                if *chain == d && windows.len() == 3),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "the newest backup chain 1793664000000-e0000000002-node-b cannot be restored: \
+                 its base object (backup/1793664000000-e0000000002-node-b/base-NNNNNN.rsb) is \
+                 missing (1 WAL segment(s) of it are there, unusable without it). Refusing to \
+                 restore an older chain in its place"
+            ),
+            "{msg}"
+        );
+        // The way to an older point, explicitly: C's newest whole second, which restores.
+        let s = (T0 + 2 * DAY - 55 * MIN) / 1000 - 1;
+        assert!(
+            msg.contains(&format!(
+                "`redis-steward restore --at {s}` (2026-11-02T23:04:59Z, the newest second of \
+                 chain {c})"
+            )),
+            "{msg}"
+        );
+        assert_eq!(cat.restore_plan(Some(s * 1000 + 999)).unwrap().chain, c);
+        // A retention prune keeps D (newer than the newest restorable chain).
+        assert!(plan_prune_keeps(&cat, &d));
+
+        // Without D, C holds the newest point.
+        listing.retain(|o| !o.path.starts_with(&d.dir()));
         let cat = Catalog::from_listing(&listing);
         let plan = cat.restore_plan(None).unwrap();
-        // D has no base yet: C is the newest restorable chain.
         assert_eq!(plan.chain, c);
         assert_eq!(plan.target_unix_ms, None);
         assert_eq!(plan.restores_to_unix_ms, T0 + 2 * DAY - 55 * MIN);
@@ -1781,11 +2071,39 @@ mod tests {
             .to_string();
         assert!(
             msg.contains(
+                "it is after the newest restorable point (2026-11-02T23:05:00Z), and nothing \
+                 later can be restored: the newest chain 1793664000000-e0000000002-node-b has \
+                 no base (backup/1793664000000-e0000000002-node-b/base-NNNNNN.rsb is missing)"
+            ),
+            "{msg}"
+        );
+        // Without the broken chain D, a restore without a time gets the newest point.
+        let whole: Vec<ListedObject> = listing
+            .iter()
+            .filter(|o| !o.path.contains(&ids_d().to_string()))
+            .cloned()
+            .collect();
+        let msg = Catalog::from_listing(&whole)
+            .restore_plan(Some(T0 + 2 * DAY))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(
                 "it is after the newest restorable point (2026-11-02T23:05:00Z); \
                  restore without a time to get it"
             ),
             "{msg}"
         );
+    }
+
+    fn ids_d() -> ChainId {
+        history().1[3].clone()
+    }
+
+    fn plan_prune_keeps(cat: &Catalog, id: &ChainId) -> bool {
+        crate::backup::retention::plan_prune(cat, None, T0 + 3 * DAY)
+            .keep
+            .contains(id)
     }
 
     #[test]
@@ -1802,8 +2120,8 @@ CHAIN                             EPOCH  NODE    BASE        WAL                
 1793491200000-e0000000001-node-a  1      node-a  #1 4.9 KiB  23 seg, incr 1                2026-11-01T00:00:00Z to 2026-11-02T00:00:01Z  28.3 KiB  -
 1793577600000-e0000000001-node-a  1      node-a  #2 4.9 KiB  13 seg, incr 2 (1 redundant)  2026-11-02T00:00:00Z to 2026-11-02T03:00:00Z  18.1 KiB  WAL gap ends the window: incr 2 bytes [3000, 4000)
 1793624700000-e0000000002-node-b  2      node-b  #1 4.9 KiB  10 seg, incr 1                2026-11-02T13:05:00Z to 2026-11-02T23:05:00Z  15.0 KiB  -
-1793664000000-e0000000002-node-b  2      node-b  missing     1 seg, incr 2                 not restorable                                140 B     no base: not restorable (still uploading, or a pruned orphan)
-newest restorable: 1793624700000-e0000000002-node-b (restores to 2026-11-02T23:05:00Z)
+1793664000000-e0000000002-node-b  2      node-b  missing     1 seg, incr 2                 not restorable                                140 B     no base: backup/1793664000000-e0000000002-node-b/base-NNNNNN.rsb is missing, nothing of the chain can be restored
+newest point not restorable: the newest chain 1793664000000-e0000000002-node-b has no base (backup/1793664000000-e0000000002-node-b/base-NNNNNN.rsb is missing); a restore without --at refuses. Newest restorable chain: 1793624700000-e0000000002-node-b (to 2026-11-02T23:05:00Z; restore --at 1793660699 or earlier)
 ";
         assert_eq!(table, expected, "\n{table}");
         assert_eq!(
@@ -1811,5 +2129,278 @@ newest restorable: 1793624700000-e0000000002-node-b (restores to 2026-11-02T23:0
             "CHAIN  EPOCH  NODE  BASE  WAL  WINDOW (UTC)  SIZE  PROBLEMS\n(no backup chains)\n\
              newest restorable: none\n"
         );
+    }
+
+    fn breaks(ch: &Chain) -> Vec<String> {
+        ch.breaks().map(Problem::to_string).collect()
+    }
+
+    /// Two chains: A (closed by its end marker when B started) and B (open), both healthy.
+    fn two_chains() -> (Vec<ListedObject>, ChainId, ChainId) {
+        let a = id(T0, 1, "node-a");
+        let b = id(T0 + DAY, 1, "node-a");
+        let mut listing = chain(&a, 1, HOUR, T0 + DAY - HOUR, Some(T0 + DAY));
+        listing.extend(chain(&b, 2, HOUR, T0 + DAY + 5 * HOUR, None));
+        (listing, a, b)
+    }
+
+    fn without(listing: &[ListedObject], pred: impl Fn(&str) -> bool) -> Vec<ListedObject> {
+        listing.iter().filter(|o| !pred(&o.path)).cloned().collect()
+    }
+
+    #[test]
+    fn healthy_chains_have_no_breaks_and_the_newest_holds_the_newest_point() {
+        let (listing, _, b) = two_chains();
+        let cat = Catalog::from_listing(&listing);
+        assert!(cat.chains.iter().all(|c| c.issues.is_empty()));
+        assert_eq!(cat.newest_point().unwrap().id, b);
+        assert!(cat.to_string().contains("newest restorable: "));
+    }
+
+    #[test]
+    fn a_missing_newest_base_refuses_the_newest_point_and_names_the_object() {
+        let (listing, a, b) = two_chains();
+        let cat = Catalog::from_listing(&without(&listing, |p| {
+            p.starts_with(&b.dir()) && p.contains("/base-")
+        }));
+        let ch = cat.chain(&b).unwrap();
+        assert_eq!(
+            breaks(ch),
+            [format!(
+                "no base: {}base-NNNNNN.rsb is missing, nothing of the chain can be restored",
+                b.dir()
+            )]
+        );
+        // The older chain is fine, and still restorable at a time in its window.
+        assert!(cat.chain(&a).unwrap().issues.is_empty());
+        let e = cat.restore_plan(None).unwrap_err();
+        assert!(
+            matches!(&e, CatalogError::NewestHasNoBase { chain, segments: 5, .. } if *chain == b)
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&b.to_string()) && msg.contains("base-NNNNNN.rsb"),
+            "{msg}"
+        );
+        // The suggested --at restores the older chain's newest second.
+        let s = (T0 + DAY) / 1000 - 1;
+        assert!(msg.contains(&format!("restore --at {s}`")), "{msg}");
+        let plan = cat.restore_plan(Some(s * 1000 + 999)).unwrap();
+        assert_eq!(plan.chain, a);
+        // A time after the older chain: refused, saying why nothing later restores.
+        let msg = cat
+            .restore_plan(Some(T0 + DAY + HOUR))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("nothing later can be restored: the newest chain"),
+            "{msg}"
+        );
+        let table = cat.render_table();
+        assert!(
+            table.contains(&format!(
+                "newest point not restorable: the newest chain {b} has no base"
+            )),
+            "{table}"
+        );
+
+        // Only the newest chain, and nothing restorable at all: the error it always was.
+        let only_b = without(&listing, |p| {
+            p.starts_with(&a.dir()) || p.contains("/base-")
+        });
+        let e = Catalog::from_listing(&only_b).newest_point().unwrap_err();
+        assert!(
+            matches!(e, CatalogError::NothingRestorable { chains: 1, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_older_base_is_a_break_but_the_newest_point_stands() {
+        let (listing, a, b) = two_chains();
+        let cat = Catalog::from_listing(&without(&listing, |p| {
+            p.starts_with(&a.dir()) && p.contains("/base-")
+        }));
+        assert_eq!(breaks(cat.chain(&a).unwrap()).len(), 1);
+        assert!(breaks(cat.chain(&a).unwrap())[0].starts_with("no base"));
+        assert!(cat.chain(&b).unwrap().issues.is_empty());
+        assert_eq!(cat.restore_plan(None).unwrap().chain, b);
+    }
+
+    #[test]
+    fn wal_gaps_at_the_start_in_the_middle_and_before_the_last_segment() {
+        let c = id(T0, 1, "node-a");
+        // Ten segments of incr 1, [0,1000) … [9000,10000), one an hour.
+        let full = chain(&c, 1, HOUR, T0 + 10 * HOUR, None);
+        let seg_path = |k: u64| {
+            ObjectName::Segment {
+                chain: c.clone(),
+                incr_seq: 1,
+                offset: k * 1000,
+                end: k * 1000 + 1000,
+                unix_ms: T0 + (k + 1) * HOUR,
+            }
+            .path()
+        };
+        for (k, gap, window_end) in [
+            (0, "incr 1 bytes [0, 1000)", T0),
+            (4, "incr 1 bytes [4000, 5000)", T0 + 4 * HOUR),
+            (8, "incr 1 bytes [8000, 9000)", T0 + 8 * HOUR),
+        ] {
+            let listing = without(&full, |p| p == seg_path(k));
+            let cat = Catalog::from_listing(&listing);
+            let ch = &cat.chains[0];
+            assert_eq!(
+                breaks(ch),
+                [format!("WAL gap ends the window: {gap}")],
+                "k={k}"
+            );
+            assert_eq!(ch.window.unwrap().end_unix_ms, window_end);
+            let e = cat.restore_plan(None).unwrap_err();
+            assert!(matches!(e, CatalogError::NewestHasGap { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("is missing WAL") && msg.contains(gap), "{msg}");
+            // The suggested --at (when the window holds a whole second) restores.
+            match newest_second(&ch.window.unwrap()) {
+                Some(s) => {
+                    assert!(msg.contains(&format!("--at {s} ")), "{msg}");
+                    assert!(cat.restore_plan(Some(s * 1000 + 999)).is_ok());
+                }
+                None => assert!(msg.contains("No whole second"), "{msg}"),
+            }
+        }
+        // Two gaps: both are breaks, only the first ends the window.
+        let listing = without(&full, |p| p == seg_path(2) || p == seg_path(6));
+        let ch = &Catalog::from_listing(&listing).chains[0];
+        assert_eq!(
+            breaks(ch),
+            [
+                "WAL gap ends the window: incr 1 bytes [2000, 3000)",
+                "WAL gap: incr 1 bytes [6000, 7000)"
+            ]
+        );
+        // A whole incr file missing between two others.
+        let mut listing = full.clone();
+        listing.push(seg(&c, 3, 0, 10, T0 + 11 * HOUR));
+        let ch = &Catalog::from_listing(&listing).chains[0];
+        assert_eq!(
+            breaks(ch),
+            ["WAL gap ends the window: incr 2 byte 0 to incr 3 byte 0"]
+        );
+        // The lost *last* segment is invisible in a listing (a manifest's job, not this).
+        let listing = without(&full, |p| p == seg_path(9));
+        let ch = &Catalog::from_listing(&listing).chains[0];
+        assert!(ch.issues.is_empty());
+    }
+
+    #[test]
+    fn an_end_marker_must_close_the_wal_it_follows() {
+        let c = id(T0, 1, "node-a");
+        let closed = chain(&c, 1, HOUR, T0 + 3 * HOUR, Some(T0 + 3 * HOUR + SEC));
+        assert!(Catalog::from_listing(&closed).chains[0].issues.is_empty());
+        // A marker exactly at the last segment's stamp is fine (same millisecond).
+        let at = chain(&c, 1, HOUR, T0 + 3 * HOUR, Some(T0 + 3 * HOUR));
+        assert!(Catalog::from_listing(&at).chains[0].issues.is_empty());
+
+        // A segment uploaded after the chain was closed.
+        let mut listing = closed.clone();
+        listing.push(seg(&c, 1, 3000, 4000, T0 + 4 * HOUR));
+        let ch = &Catalog::from_listing(&listing).chains[0];
+        let b = breaks(ch);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert!(
+            b[0].starts_with("end marker (2026-11-01T03:00:01Z) is older than the last segment")
+                && b[0].ends_with("(uploaded 2026-11-01T04:00:00Z)"),
+            "{b:?}"
+        );
+        assert!(matches!(ch.issues[0], Problem::SegmentAfterEnd { .. }));
+
+        // Two markers.
+        let mut listing = closed.clone();
+        listing.push(end(&c, T0 + 5 * HOUR));
+        let ch = &Catalog::from_listing(&listing).chains[0];
+        assert_eq!(
+            breaks(ch),
+            [format!(
+                "extra end marker {}end-{:013}.rsb",
+                c.dir(),
+                T0 + 5 * HOUR
+            )]
+        );
+        // An extra base is reported, but is no break.
+        let mut listing = closed;
+        listing.push(base(&c, 9, 10));
+        let ch = &Catalog::from_listing(&listing).chains[0];
+        assert_eq!(ch.problems(), ["extra base 9 ignored"]);
+        assert_eq!(ch.breaks().count(), 0);
+    }
+
+    #[test]
+    fn newest_second_is_inside_its_window() {
+        let w = |start, end| Window {
+            start_unix_ms: start,
+            end_unix_ms: end,
+        };
+        assert_eq!(newest_second(&w(T0, T0 + 5 * SEC)), Some(T0 / 1000 + 4));
+        assert_eq!(
+            newest_second(&w(T0, T0 + 5 * SEC + 999)),
+            Some(T0 / 1000 + 5)
+        );
+        assert_eq!(newest_second(&w(T0 + 100, T0 + 1100)), Some(T0 / 1000));
+        assert_eq!(newest_second(&w(T0 + 100, T0 + 900)), None);
+        assert_eq!(newest_second(&w(T0, T0 + 999)), Some(T0 / 1000));
+        assert_eq!(newest_second(&w(0, 500)), None);
+        let mut rng = StdRng::seed_from_u64(13);
+        for _ in 0..5000 {
+            let start = rng.random_range(T0..T0 + DAY);
+            let win = w(start, start + rng.random_range(0..10 * SEC));
+            match newest_second(&win) {
+                Some(s) => {
+                    assert!(win.contains(s * 1000 + 999), "{win:?} {s}");
+                    assert!(!win.contains((s + 1) * 1000 + 999), "{win:?} {s}");
+                }
+                None => assert!(
+                    (start / 1000..=start / 1000 + 10).all(|s| !win.contains(s * 1000 + 999))
+                ),
+            }
+        }
+    }
+
+    /// Every single object lost from a healthy history of three chains: the newest point is
+    /// restored only when the loss cannot matter to it, never from an older chain; every lost
+    /// base and every lost segment but a chain's last is a break in its own chain.
+    #[test]
+    fn every_single_loss_is_caught_or_cannot_matter() {
+        let (mut listing, _, _) = two_chains();
+        let c = id(T0 + DAY + 5 * HOUR + MIN, 2, "node-b");
+        listing.extend(chain(&c, 1, HOUR, T0 + DAY + 9 * HOUR, None));
+        let whole = Catalog::from_listing(&listing);
+        assert_eq!(whole.newest_point().unwrap().id, c);
+        for lost in &listing {
+            let rest = without(&listing, |p| p == lost.path);
+            let cat = Catalog::from_listing(&rest);
+            let name = ObjectName::parse(&lost.path).unwrap();
+            let chain = cat.chain(name.chain()).unwrap();
+            let last_segment = chain.segments.last().is_none_or(|s| {
+                let ObjectName::Segment { offset, .. } = name else {
+                    return false;
+                };
+                offset > s.offset
+            });
+            let invisible = matches!(name, ObjectName::End { .. })
+                || matches!(name, ObjectName::Segment { .. }) && last_segment;
+            assert_eq!(chain.breaks().count() == 0, invisible, "{}", lost.path);
+            let newest = cat.newest_point();
+            if name.chain() == &c && !invisible {
+                let e = newest.unwrap_err();
+                assert!(e.to_string().contains(&c.to_string()), "{e}");
+            } else {
+                assert_eq!(newest.unwrap().id, c, "{}", lost.path);
+            }
+            // Never an older chain for the newest point.
+            if let Ok(plan) = cat.restore_plan(None) {
+                assert_eq!(plan.chain, c);
+            }
+        }
     }
 }

@@ -85,7 +85,9 @@ pub fn plan_prune(catalog: &Catalog, history: Option<Duration>, now_unix_ms: u64
             )),
             (Some(_), _) if i > newest => Ok("newer than the newest restorable chain".to_string()),
             (None, _) if i > newest => {
-                Ok("no base yet, newer than the newest restorable chain (in progress)".to_string())
+                Ok("no base, newer than the newest restorable chain: kept (its base is lost, see \
+                    `backup list`; the newest point is not restorable)"
+                    .to_string())
             }
             (None, _) => Err(format!(
                 "orphan: no base, older than the newest restorable chain {newest_id}"
@@ -307,7 +309,7 @@ mod tests {
             assert_eq!(p.keep, [newest.clone(), uploading.clone()]);
             assert_eq!(p.delete, [listing[0].path.clone(), listing[1].path.clone()]);
             assert!(p.reasons[0].contains("orphan: no base"), "{:?}", p.reasons);
-            assert!(p.reasons[2].contains("(in progress)"), "{:?}", p.reasons);
+            assert!(p.reasons[2].contains("its base is lost"), "{:?}", p.reasons);
         }
     }
 

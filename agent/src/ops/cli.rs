@@ -244,7 +244,10 @@ enum BackupCmd {
         config: PathBuf,
     },
     /// Download and authenticate every object of one chain (or all), with the configured
-    /// keys; exits 1 naming each object that fails (altered, truncated, foreign, wrong key).
+    /// keys, and check the chains' continuity (a base, no WAL gap, an end marker after the
+    /// last segment); exits 1 naming each object that fails (altered, truncated, foreign,
+    /// wrong key) and each missing base or gap. The loss of a chain's very last segments is
+    /// not visible in a listing and so not found.
     Verify {
         /// Configuration file (backup.url, options and keys).
         #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -302,16 +305,29 @@ fn backup(action: BackupCmd) -> Result<()> {
             for (object, e) in &v.failures {
                 eprintln!("FAILED {object}: {e}");
             }
+            for (chain, problem) in &v.breaks {
+                eprintln!("BROKEN chain {chain}: {problem}");
+            }
             println!(
-                "{} object(s) authenticated, {} bytes of plaintext; {} failed",
+                "{} chain(s): {} object(s) authenticated, {} bytes of plaintext; {} failed; {} \
+                 continuity problem(s) in {} chain(s)",
+                v.chains,
                 v.objects,
                 v.bytes,
-                v.failures.len()
+                v.failures.len(),
+                v.breaks.len(),
+                v.broken_chains()
             );
-            if v.failures.is_empty() {
+            if v.ok() {
                 Ok(())
             } else {
-                anyhow::bail!("{} backup object(s) failed verification", v.failures.len())
+                anyhow::bail!(
+                    "backups failed verification: {} object(s) failed, {} continuity \
+                     problem(s) (missing bases, WAL gaps, end markers) in {} chain(s)",
+                    v.failures.len(),
+                    v.breaks.len(),
+                    v.broken_chains()
+                )
             }
         }
     }
