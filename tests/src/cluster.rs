@@ -375,7 +375,11 @@ impl Cluster {
             .map(|a| {
                 // CLUSTER_LOG_LINES: more of each log, e.g. to study a nemesis round.
                 let lines = crate::node::env_or("CLUSTER_LOG_LINES", 60);
-                format!("===== {} =====\n{}", a.spec.node_name, tail(&a.log(), lines))
+                format!(
+                    "===== {} =====\n{}",
+                    a.spec.node_name,
+                    tail(&a.log(), lines)
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")

@@ -602,9 +602,22 @@ async fn build(
     on_progress(&progress);
 
     // Cut at the second asked for (and drop an unfinished last command either way).
-    let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&incr_path)?);
-    let cut = tokio::task::block_in_place(|| crate::backup::aof_cut::find_cut(reader, at_unix_s))
-        .with_context(|| format!("reading the WAL of chain {}", plan.chain))?;
+    let find_cut = || -> Result<crate::backup::aof_cut::Cut> {
+        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&incr_path)?);
+        tokio::task::block_in_place(|| crate::backup::aof_cut::find_cut(reader, at_unix_s))
+            .map_err(anyhow::Error::from)
+    };
+    let cut = match find_cut() {
+        Ok(cut) => cut,
+        // WAL shipped before the agent mended a hole redis 7.0 left after a short write
+        // (`node::aof_repair`) still has the NULs: fill them the same way, then cut.
+        Err(e) if mend_holes(&incr_path)? => {
+            tracing::info!("filled the NUL holes of a short AOF write in the restored WAL ({e:#})");
+            find_cut()
+        }
+        .with_context(|| format!("reading the WAL of chain {}", plan.chain))?,
+        Err(e) => return Err(e.context(format!("reading the WAL of chain {}", plan.chain))),
+    };
     f.set_len(cut.keep_bytes)?;
     f.sync_all()?;
     let manifest = format!("file {base_file} seq 1 type b\nfile {incr_file} seq 1 type i\n");
@@ -625,6 +638,21 @@ async fn build(
         elapsed: started.elapsed(),
     };
     Ok((restored, dir))
+}
+
+/// Fills the NUL holes of a short AOF write in `path` in place (see `node::aof_repair`); true
+/// if there were any and all could be filled.
+fn mend_holes(path: &Path) -> Result<bool> {
+    use crate::node::aof_repair::{fill, scan, Scan};
+    let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let Scan::Holes(holes) = scan(&data) else {
+        return Ok(false);
+    };
+    if !fill(&mut data, &holes) {
+        return Ok(false);
+    }
+    std::fs::write(path, &data).with_context(|| format!("writing {}", path.display()))?;
+    Ok(true)
 }
 
 #[cfg(test)]

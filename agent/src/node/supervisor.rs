@@ -119,6 +119,8 @@ impl RedisState {
 pub struct SupervisorConfig {
     pub redis_server: PathBuf,
     pub redis_conf: PathBuf,
+    /// redis's `dir` (holding the AOF directory), for repairs of its AOF.
+    pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub admin_user: String,
     pub admin_password: String,
@@ -152,7 +154,10 @@ struct Supervisor {
 }
 
 enum Exit {
-    Crashed,
+    /// `answering`: redis was answering probes when it exited.
+    Crashed {
+        answering: bool,
+    },
     ShutdownRequested(oneshot::Sender<()>),
 }
 
@@ -185,19 +190,62 @@ impl Supervisor {
                     self.finish(done);
                     return;
                 }
-                Exit::Crashed => {
+                Exit::Crashed { answering } => {
                     let ran_for = self
                         .state
                         .borrow()
                         .started_at
                         .map(|t| t.elapsed())
                         .unwrap_or_default();
-                    let delay = self.backoff.next_delay(ran_for);
+                    let mut delay = self.backoff.next_delay(ran_for);
+                    // A redis that dies before it answers may have found its AOF damaged.
+                    if !answering && self.repair_aof().await {
+                        delay = Duration::ZERO;
+                    }
                     if let Some(done) = self.wait_backoff(delay, &mut shutdown).await {
                         self.finish(done);
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Mends the NUL holes redis 7.0 leaves in its AOF after a short write
+    /// (`aof_repair`); true if anything was mended.
+    async fn repair_aof(&self) -> bool {
+        let data_dir = self.cfg.data_dir.clone();
+        let aof_dir = data_dir.join(crate::node::layout::AOF_DIR_NAME);
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let keep = data_dir.join(format!("aof-before-repair-{unix}"));
+        let outcome =
+            tokio::task::spawn_blocking(move || super::aof_repair::repair_dir(&aof_dir, &keep))
+                .await;
+        match outcome {
+            Ok(Ok(repaired)) => {
+                for r in &repaired {
+                    let bytes: usize = r.holes.iter().map(|(_, len)| len).sum();
+                    warn!(
+                        file = %r.file.display(),
+                        holes = ?r.holes,
+                        original = %r.original.display(),
+                        "repaired redis's AOF: filled the {bytes} NUL byte(s) a short write on \
+                         a full disk left between commands (redis 7.0 would not load it) with \
+                         annotation lines of the same length; every command is kept, and the \
+                         original is beside it"
+                    );
+                }
+                !repaired.is_empty()
+            }
+            Ok(Err(e)) => {
+                warn!("cannot check redis's AOF for repairable damage: {e:#}");
+                false
+            }
+            Err(e) => {
+                warn!("AOF check failed: {e}");
+                false
             }
         }
     }
@@ -299,6 +347,7 @@ impl Supervisor {
                         Err(e) => format!("wait failed: {e}"),
                     };
                     warn!(exit = %what, "redis-server exited unexpectedly");
+                    let answering = self.state.borrow().healthy;
                     self.state.send_modify(|s| {
                         s.phase = Phase::Restarting;
                         s.loop_alive_at = Instant::now();
@@ -307,7 +356,7 @@ impl Supervisor {
                         s.restarts += 1;
                         s.last_exit = Some(what);
                     });
-                    return Exit::Crashed;
+                    return Exit::Crashed { answering };
                 }
                 done = shutdown.recv() => {
                     return Exit::ShutdownRequested(done.unwrap_or_else(|| oneshot::channel().0));

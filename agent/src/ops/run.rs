@@ -210,6 +210,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let sup = supervisor::spawn(SupervisorConfig {
         redis_server: cfg.redis.server_path.clone(),
         redis_conf: layout.redis_conf(),
+        data_dir: layout.data_dir.clone(),
         socket: layout.redis_socket(),
         admin_user: ADMIN_USER.into(),
         admin_password: secrets.admin_password.clone(),
