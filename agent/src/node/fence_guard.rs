@@ -556,11 +556,6 @@ impl FenceGuard {
         Ok(guard)
     }
 
-    /// The pid of the guard process (for tests and status).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// Tells the guard which redis to kill when it cannot pause it.
     pub async fn set_redis_pid(&mut self, pid: u32) -> Result<(), GuardError> {
         self.pid = Some(pid);
