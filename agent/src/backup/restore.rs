@@ -643,12 +643,8 @@ async fn build(
 /// Fills the NUL holes of a short AOF write in `path` in place (see `node::aof_repair`); true
 /// if there were any and all could be filled.
 fn mend_holes(path: &Path) -> Result<bool> {
-    use crate::node::aof_repair::{fill, scan, Scan};
     let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let Scan::Holes(holes) = scan(&data) else {
-        return Ok(false);
-    };
-    if !fill(&mut data, &holes) {
+    if crate::node::aof_repair::mend(&mut data).is_none() {
         return Ok(false);
     }
     std::fs::write(path, &data).with_context(|| format!("writing {}", path.display()))?;

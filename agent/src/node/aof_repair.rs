@@ -142,6 +142,15 @@ pub fn fill(data: &mut [u8], holes: &[(usize, usize)]) -> bool {
     true
 }
 
+/// Scans `data` and fills its holes in place: the holes, or None (nothing changed) when there
+/// are none or one cannot be filled.
+pub fn mend(data: &mut [u8]) -> Option<Vec<(usize, usize)>> {
+    let Scan::Holes(holes) = scan(data) else {
+        return None;
+    };
+    fill(data, &holes).then_some(holes)
+}
+
 /// One file mended by [`repair_dir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repaired {
@@ -165,14 +174,11 @@ pub fn repair_dir(aof_dir: &Path, keep_dir: &Path) -> Result<Vec<Repaired>> {
         .collect();
     files.sort();
     for file in files {
-        let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        let Scan::Holes(holes) = scan(&data) else {
+        let mut mended =
+            std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let Some(holes) = mend(&mut mended) else {
             continue;
         };
-        let mut mended = data.clone();
-        if !fill(&mut mended, &holes) {
-            continue;
-        }
         std::fs::create_dir_all(keep_dir)
             .with_context(|| format!("creating {}", keep_dir.display()))?;
         let name = file.file_name().context("AOF file name")?;
