@@ -1963,8 +1963,8 @@ mod tests {
             "{msg}"
         );
         assert_eq!(cat.restore_plan(Some(s * 1000 + 999)).unwrap().chain, c);
-        // A retention prune keeps D (newer than the newest restorable chain).
-        assert!(plan_prune_keeps(&cat, &d));
+        // That retention keeps D (newer than the newest restorable chain) is retention's
+        // test `chains_newer_than_the_newest_restorable_are_kept_and_older_orphans_deleted`.
 
         // Without D, C holds the newest point.
         listing.retain(|o| !o.path.starts_with(&d.dir()));
@@ -2098,12 +2098,6 @@ mod tests {
 
     fn ids_d() -> ChainId {
         history().1[3].clone()
-    }
-
-    fn plan_prune_keeps(cat: &Catalog, id: &ChainId) -> bool {
-        crate::backup::retention::plan_prune(cat, None, T0 + 3 * DAY)
-            .keep
-            .contains(id)
     }
 
     #[test]
