@@ -1193,6 +1193,34 @@ fn verify_backups(c: &Cluster, i: usize, chain: Option<&str>) -> Result<()> {
 }
 
 /// Runs one round on `c` (see the module doc) and checks its invariants.
+/// With `NEMESIS_KEEP_DATA=<dir>`, a copy of every node's data directory (AOF, RDB, redis's
+/// log) goes to `<dir>/round-<k>/node-<i>` when a round leaves the store broken: the evidence
+/// of why a node did not come back outlives the testbed's cleanup.
+fn keep_data_dirs(c: &Cluster, round: usize) {
+    let Some(to) = std::env::var_os("NEMESIS_KEEP_DATA") else {
+        return;
+    };
+    for (i, n) in c.nodes.iter().enumerate() {
+        let dest = std::path::Path::new(&to).join(format!("round-{round}/node-{i}"));
+        let copied = std::fs::create_dir_all(&dest).and_then(|_| {
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(n.data_dir())
+                .arg(&dest)
+                .status()
+        });
+        match copied {
+            Ok(s) if s.success() => {
+                eprintln!("nemesis: node-{i}'s data kept in {}", dest.display())
+            }
+            other => eprintln!(
+                "nemesis: keeping node-{i}'s data in {} failed: {other:?}",
+                dest.display()
+            ),
+        }
+    }
+}
+
 pub fn run_round(c: &Arc<Cluster>, plan: &RoundPlan) -> RoundResult {
     let mut res = RoundResult::new(plan);
     let p = match c.wait_settled(Duration::from_secs(60)) {
@@ -1257,6 +1285,7 @@ pub fn run_round(c: &Arc<Cluster>, plan: &RoundPlan) -> RoundResult {
                 HEAL_GRACE.as_secs(),
                 c.logs()
             ));
+            keep_data_dirs(c, plan.index);
         }
     }
     // A moment of healed service under the clients.

@@ -10,7 +10,8 @@
 //!   `NEMESIS_MINUTES` (default 60), a fresh seed each run unless `NEMESIS_SEED` is set; stops
 //!   after the first round that breaks an invariant (unless `NEMESIS_KEEP_GOING=true`).
 //!   Prints the campaign as markdown tables (for BENCHMARKS.md) and, on a violation, the
-//!   command that replays the round:
+//!   command that replays the round (`NEMESIS_KEEP_DATA=<dir>` keeps the data directories of a
+//!   store that did not heal):
 //!
 //!       cargo build -p redis-steward
 //!       cargo test -p steward-testbed --test nemesis long_campaign -- --ignored --nocapture --test-threads=1
