@@ -14,10 +14,17 @@
 //!
 //! A hole is filled, not cut out, with annotation lines (`#000…\r\n`, which redis skips like
 //! its `#TS:` lines) of exactly its length, so every offset in the file stays where it was:
-//! the backup shipper's cursor, and segments it already uploaded, still line up. Only NUL runs
-//! that stand where a command must begin count, and only in a file that otherwise parses as
-//! commands (a NUL inside a value is data); anything else (or a hole under 3 bytes, too short
-//! for a line) is left for an operator. The original file is kept beside the directory.
+//! the backup shipper's cursor, and segments it already uploaded, still line up. A hole of 1
+//! or 2 bytes (the short write's length is whatever was left of tmpfs's last page, so any
+//! length happens; the long nemesis campaign met a node that never came back this way) is too
+//! short for a line: the next command's `*N` header absorbs it instead, moved back by the
+//! hole's length and widened with leading zeros (`*003\r\n`, which redis reads with `atoi`),
+//! together with any annotation lines between; every byte from that header's digits on stays
+//! where it was. A shipper cursor can only stand before the hole or after the write that
+//! followed it, never inside what moved. Only NUL runs that stand where a command must begin
+//! count, and only in a file that otherwise parses as commands (a NUL inside a value is data);
+//! anything else is reported (see [`Outcome::Unmendable`]) and left for an operator. The
+//! original file is kept beside the directory.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -113,23 +120,33 @@ fn command_end(data: &[u8], pos: usize) -> Result<Option<usize>, usize> {
 /// Longest filler line: redis reads annotation lines into a small buffer.
 const FILLER_LINE_MAX: usize = 64;
 
-/// Overwrites each hole with annotation lines of exactly its length; false (nothing changed
-/// for that hole) when a hole is shorter than the 3 bytes of `#\r\n`.
+/// The shortest hole a filler line covers (`#\r\n`).
+const FILLER_LINE_MIN: usize = 3;
+
+/// Mends each hole in place, keeping the data's length: a filler of annotation lines, or for a
+/// hole too short for a line, the next command's header widened over it. False, with nothing
+/// changed, when a short hole has no command after it.
 pub fn fill(data: &mut [u8], holes: &[(usize, usize)]) -> bool {
-    if holes.iter().any(|&(_, len)| len < 3) {
-        return false;
-    }
+    let mut absorbers = Vec::new();
     for &(at, len) in holes {
+        if len < FILLER_LINE_MIN {
+            match next_command(data, at + len) {
+                Some(p) => absorbers.push((at, len, p)),
+                None => return false,
+            }
+        }
+    }
+    for &(at, len) in holes.iter().filter(|(_, len)| *len >= FILLER_LINE_MIN) {
         let mut pos = at;
         let mut left = len;
         while left > 0 {
             // Leave at least 3 bytes for the last line.
             let take = if left <= FILLER_LINE_MAX {
                 left
-            } else if left - FILLER_LINE_MAX >= 3 {
+            } else if left - FILLER_LINE_MAX >= FILLER_LINE_MIN {
                 FILLER_LINE_MAX
             } else {
-                left - 3
+                left - FILLER_LINE_MIN
             };
             data[pos] = b'#';
             data[pos + 1..pos + take - 2].fill(b'0');
@@ -139,7 +156,24 @@ pub fn fill(data: &mut [u8], holes: &[(usize, usize)]) -> bool {
             left -= take;
         }
     }
+    for (at, len, p) in absorbers {
+        // The annotation lines after the hole and the command's `*` move back over it; the
+        // gap this opens before the count's digits becomes leading zeros.
+        data.copy_within(at + len..=p, at);
+        data[p + 1 - len..=p].fill(b'0');
+    }
     true
+}
+
+/// Where the first command at or after `pos` begins, past annotation lines only.
+fn next_command(data: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        match data.get(pos)? {
+            b'*' => return Some(pos),
+            b'#' => pos = line_end(data, pos)?,
+            _ => return None,
+        }
+    }
 }
 
 /// Scans `data` and fills its holes in place: the holes, or None (nothing changed) when there
@@ -160,12 +194,25 @@ pub struct Repaired {
     pub original: PathBuf,
 }
 
+/// What [`repair_dir`] did about one damaged incremental file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Repaired(Repaired),
+    /// Damage this module does not mend (redis will refuse the file), left as it was: the
+    /// offset of the first bad byte and what is there.
+    Unmendable {
+        file: PathBuf,
+        at: usize,
+        what: String,
+    },
+}
+
 /// Mends every incremental file of `aof_dir` that has holes (see the module docs): the
 /// original moves to `keep_dir` (created; same filesystem, so a rename), the mended file (the
 /// same size) is written beside it, synced, and renamed into its place. Files with other
-/// damage are left alone; redis's next start reports them.
-pub fn repair_dir(aof_dir: &Path, keep_dir: &Path) -> Result<Vec<Repaired>> {
-    let mut repaired = Vec::new();
+/// damage are left alone and reported, so that an operator hears why redis does not start.
+pub fn repair_dir(aof_dir: &Path, keep_dir: &Path) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
     let entries =
         std::fs::read_dir(aof_dir).with_context(|| format!("reading {}", aof_dir.display()))?;
     let mut files: Vec<PathBuf> = entries
@@ -176,9 +223,21 @@ pub fn repair_dir(aof_dir: &Path, keep_dir: &Path) -> Result<Vec<Repaired>> {
     for file in files {
         let mut mended =
             std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        let Some(holes) = mend(&mut mended) else {
-            continue;
+        let holes = match scan(&mended) {
+            Scan::Clean => continue,
+            Scan::Damaged(at) => {
+                let what = format!("not a command: {}", excerpt(&mended, at));
+                outcomes.push(Outcome::Unmendable { file, at, what });
+                continue;
+            }
+            Scan::Holes(holes) => holes,
         };
+        if !fill(&mut mended, &holes) {
+            let (at, len) = holes[0];
+            let what = format!("a {len}-byte NUL hole with no command after it");
+            outcomes.push(Outcome::Unmendable { file, at, what });
+            continue;
+        }
         std::fs::create_dir_all(keep_dir)
             .with_context(|| format!("creating {}", keep_dir.display()))?;
         let name = file.file_name().context("AOF file name")?;
@@ -195,13 +254,20 @@ pub fn repair_dir(aof_dir: &Path, keep_dir: &Path) -> Result<Vec<Repaired>> {
             .with_context(|| format!("keeping {} as {}", file.display(), original.display()))?;
         std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))?;
         std::fs::File::open(aof_dir)?.sync_all()?;
-        repaired.push(Repaired {
+        outcomes.push(Outcome::Repaired(Repaired {
             file,
             holes,
             original,
-        });
+        }));
     }
-    Ok(repaired)
+    Ok(outcomes)
+}
+
+/// Up to 16 bytes from `at`, escaped, for a message.
+fn excerpt(data: &[u8], at: usize) -> String {
+    let end = (at + 16).min(data.len());
+    let shown: String = data[at..end].escape_ascii().to_string();
+    format!("\"{shown}\"{}", if end < data.len() { "…" } else { "" })
 }
 
 #[cfg(test)]
@@ -272,9 +338,51 @@ mod tests {
                 assert!(line.starts_with(b"#") && line.ends_with(b"\r\n"));
             }
         }
-        let mut d = vec![0u8; 2];
-        assert!(!fill(&mut d, &[(0, 2)]), "too short for a line");
-        assert_eq!(d, vec![0, 0]);
+    }
+
+    #[test]
+    fn a_hole_too_short_for_a_line_is_absorbed_by_the_next_command_header() {
+        let ts = b"#TS:1796195944\r\n".to_vec();
+        let a = set("a", b"1");
+        let b = set("b", b"2");
+        for len in 1..FILLER_LINE_MIN {
+            for between in [
+                vec![],
+                ts.clone(),
+                [ts.clone(), b"#x\r\n".to_vec()].concat(),
+            ] {
+                let holed = [a.clone(), vec![0; len], between.clone(), b.clone()].concat();
+                let mut d = holed.clone();
+                assert_eq!(mend(&mut d), Some(vec![(a.len(), len)]));
+                assert_eq!(d.len(), holed.len(), "offsets after the header stay");
+                assert_eq!(scan(&d), Scan::Clean, "{:?}", String::from_utf8_lossy(&d));
+                let widened = format!("*{}3\r\n", "0".repeat(len));
+                let expect = [
+                    a.clone(),
+                    between.clone(),
+                    widened.into_bytes(),
+                    b[4..].to_vec(),
+                ];
+                assert_eq!(d, expect.concat(), "len {len}");
+                // Every byte from the count's last digit on is where it was.
+                let digit = a.len() + len + between.len() + 1;
+                assert_eq!(d[digit..], holed[digit..]);
+            }
+        }
+        // Short and long holes in one file, each mended its way.
+        let holed = [a.clone(), vec![0; 2], b.clone(), vec![0; 9], a.clone()].concat();
+        let mut d = holed.clone();
+        assert!(mend(&mut d).is_some());
+        assert_eq!(scan(&d), Scan::Clean);
+        assert_eq!(d.len(), holed.len());
+        // Nothing after a short hole to absorb it: left alone, unchanged.
+        let mut d = [a.clone(), vec![0; 2]].concat();
+        let before = d.clone();
+        assert!(!fill(&mut d, &[(a.len(), 2)]));
+        assert_eq!(d, before);
+        let mut d = [a.clone(), vec![0; 1], b"hello".to_vec()].concat();
+        assert_eq!(scan(&d), Scan::Damaged(a.len() + 1));
+        assert_eq!(mend(&mut d), None);
     }
 
     #[test]
@@ -288,21 +396,44 @@ mod tests {
         std::fs::write(aof.join("appendonly.aof.3.incr.aof"), &holed).unwrap();
         std::fs::write(aof.join("appendonly.aof.2.incr.aof"), &a).unwrap();
         std::fs::write(aof.join("appendonly.aof.3.base.rdb"), [0u8; 10]).unwrap();
+        std::fs::write(
+            aof.join("appendonly.aof.4.incr.aof"),
+            [&a[..], b"junk"].concat(),
+        )
+        .unwrap();
         let keep = dir.path().join("kept");
-        let r = repair_dir(&aof, &keep).unwrap();
-        assert_eq!(r.len(), 1, "{r:?}");
-        assert_eq!(r[0].holes, vec![(a.len(), 25)]);
+        let outcomes = repair_dir(&aof, &keep).unwrap();
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        let Outcome::Repaired(r) = &outcomes[0] else {
+            panic!("{outcomes:?}")
+        };
+        assert_eq!(r.holes, vec![(a.len(), 25)]);
+        // The junk is reported, not touched.
+        assert_eq!(
+            outcomes[1],
+            Outcome::Unmendable {
+                file: aof.join("appendonly.aof.4.incr.aof"),
+                at: a.len(),
+                what: "not a command: \"junk\"".into()
+            }
+        );
         let mended = std::fs::read(aof.join("appendonly.aof.3.incr.aof")).unwrap();
         assert_eq!(mended.len(), holed.len(), "offsets stay where they were");
         assert_eq!(&mended[..a.len()], &a[..]);
         assert_eq!(&mended[a.len() + 25..], &b[..]);
         assert_eq!(scan(&mended), Scan::Clean);
-        assert_eq!(std::fs::read(&r[0].original).unwrap(), holed);
+        assert_eq!(std::fs::read(&r.original).unwrap(), holed);
         // Untouched: a clean incr file and the base (NULs in an RDB are data).
         assert_eq!(
             std::fs::read(aof.join("appendonly.aof.2.incr.aof")).unwrap(),
             a
         );
-        assert!(repair_dir(&aof, &keep).unwrap().is_empty(), "idempotent");
+        let again = repair_dir(&aof, &keep).unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|o| matches!(o, Outcome::Unmendable { .. })),
+            "idempotent: {again:?}"
+        );
     }
 }

@@ -9,10 +9,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 /// How often the agent checks that redis answers.
@@ -139,6 +140,9 @@ pub fn spawn(cfg: SupervisorConfig) -> SupervisorHandle {
             backoff: Backoff::default(),
             launcher,
             admin,
+            damage_reported: std::collections::HashSet::new(),
+            aof_write_recovered: Arc::new(Notify::new()),
+            aof_renewal_due: false,
         }
         .run(shutdown)
         .await
@@ -151,6 +155,13 @@ struct Supervisor {
     backoff: Backoff,
     launcher: Launcher,
     admin: redis_client::AdminLink,
+    /// AOF damage already reported (file, offset): a redis that keeps failing on it is
+    /// restarted again and again, the warning is given once.
+    damage_reported: std::collections::HashSet<(std::path::PathBuf, usize)>,
+    /// Redis logged that its AOF writes work again after a write error.
+    aof_write_recovered: Arc<Notify>,
+    /// An AOF rewrite is owed (see [`Supervisor::renew_aof_file`]) and not yet accepted.
+    aof_renewal_due: bool,
 }
 
 enum Exit {
@@ -211,9 +222,10 @@ impl Supervisor {
         }
     }
 
-    /// Mends the NUL holes redis 7.0 leaves in its AOF after a short write
-    /// (`aof_repair`); true if anything was mended.
-    async fn repair_aof(&self) -> bool {
+    /// Mends the NUL holes redis 7.0 leaves in its AOF after a short write (`aof_repair`) and
+    /// reports, once, damage it does not mend; true if anything was mended.
+    async fn repair_aof(&mut self) -> bool {
+        use super::aof_repair::Outcome;
         let data_dir = self.cfg.data_dir.clone();
         let aof_dir = data_dir.join(crate::node::layout::AOF_DIR_NAME);
         let unix = std::time::SystemTime::now()
@@ -224,20 +236,40 @@ impl Supervisor {
             tokio::task::spawn_blocking(move || super::aof_repair::repair_dir(&aof_dir, &keep))
                 .await;
         match outcome {
-            Ok(Ok(repaired)) => {
-                for r in &repaired {
-                    let bytes: usize = r.holes.iter().map(|(_, len)| len).sum();
-                    warn!(
-                        file = %r.file.display(),
-                        holes = ?r.holes,
-                        original = %r.original.display(),
-                        "repaired redis's AOF: filled the {bytes} NUL byte(s) a short write on \
-                         a full disk left between commands (redis 7.0 would not load it) with \
-                         annotation lines of the same length; every command is kept, and the \
-                         original is beside it"
-                    );
+            Ok(Ok(outcomes)) => {
+                let mut mended = false;
+                for o in outcomes {
+                    match o {
+                        Outcome::Repaired(r) => {
+                            mended = true;
+                            let bytes: usize = r.holes.iter().map(|(_, len)| len).sum();
+                            warn!(
+                                file = %r.file.display(),
+                                holes = ?r.holes,
+                                original = %r.original.display(),
+                                "repaired redis's AOF: filled the {bytes} NUL byte(s) a short \
+                                 write on a full disk left between commands (redis 7.0 would \
+                                 not load it) without moving any later byte; every command is \
+                                 kept, and the original is beside it"
+                            );
+                        }
+                        Outcome::Unmendable { file, at, what } => {
+                            if self.damage_reported.insert((file.clone(), at)) {
+                                error!(
+                                    file = %file.display(),
+                                    offset = at,
+                                    "redis's AOF is damaged in a way the agent does not mend \
+                                     ({what} at byte {at} of {}); redis will not load it. Keep a \
+                                     copy of the data directory, then see `redis-check-aof` \
+                                     (its --fix truncates the file at the damage, dropping \
+                                     every later write) or replace this node from the backups",
+                                    file.display()
+                                );
+                            }
+                        }
+                    }
                 }
-                !repaired.is_empty()
+                mended
             }
             Ok(Err(e)) => {
                 warn!("cannot check redis's AOF for repairable damage: {e:#}");
@@ -317,7 +349,7 @@ impl Supervisor {
         }
         let mut child = self.launcher.spawn(cmd).await?;
         let pid = child.id();
-        forward_output(&mut child);
+        forward_output(&mut child, self.aof_write_recovered.clone());
         info!(pid, "redis-server started");
         self.state.send_modify(|s| {
             s.phase = Phase::Starting;
@@ -361,8 +393,17 @@ impl Supervisor {
                 done = shutdown.recv() => {
                     return Exit::ShutdownRequested(done.unwrap_or_else(|| oneshot::channel().0));
                 }
-                _ = tick.tick() => self.probe().await,
+                _ = tick.tick() => {
+                    self.probe().await;
+                    if self.aof_renewal_due {
+                        self.renew_aof_file().await;
+                    }
+                }
                 _ = fast.tick(), if starting => self.probe().await,
+                _ = self.aof_write_recovered.notified() => {
+                    self.aof_renewal_due = true;
+                    self.renew_aof_file().await;
+                }
             }
         }
     }
@@ -402,6 +443,33 @@ impl Supervisor {
                     s.healthy = false;
                     s.last_error = Some(format!("{e:#}"));
                 });
+            }
+        }
+    }
+
+    /// After a failed AOF write, redis 7.0's count of its incremental file's length is short
+    /// by the hole the failure left (see `aof_repair`): a second short write would truncate
+    /// the file to that count, cutting into commands it acknowledged, damage nothing can mend.
+    /// An AOF rewrite opens a new incremental file, counted from zero; asked for at once, and
+    /// again on every probe until redis accepts.
+    async fn renew_aof_file(&mut self) {
+        let r = self
+            .admin
+            .query::<redis::Value>(&redis::cmd("BGREWRITEAOF"))
+            .await;
+        match r {
+            Ok(_) => {
+                info!(
+                    "redis's AOF writes work again after a write error: asked for an AOF \
+                     rewrite, so that redis writes a new incremental file whose length it counts \
+                     right (redis 7.0 miscounts the old one's after a short write)"
+                );
+                self.aof_renewal_due = false;
+            }
+            Err(e) => {
+                if self.aof_renewal_due {
+                    debug!("AOF rewrite after a write error not accepted yet: {e:#}");
+                }
             }
         }
     }
@@ -511,14 +579,21 @@ pub fn parse_redis_log_line(line: &str) -> (char, &str) {
     ('*', line)
 }
 
+/// What redis 7.0 logs when an AOF write works again after a failed (e.g. short) one.
+const AOF_WRITE_RECOVERED: &str = "AOF write error looks solved";
+
 /// Redis logs to stdout; pass its lines on as our own log lines (target `redis`), at the
-/// level redis gave them.
-fn forward_output(child: &mut Child) {
+/// level redis gave them, and say when its AOF writes recovered.
+fn forward_output(child: &mut Child, aof_write_recovered: Arc<Notify>) {
     if let Some(out) = child.stdout.take() {
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                match parse_redis_log_line(&line) {
+                let (level, msg) = parse_redis_log_line(&line);
+                if msg.starts_with(AOF_WRITE_RECOVERED) {
+                    aof_write_recovered.notify_one();
+                }
+                match (level, msg) {
                     ('#', msg) => warn!(target: "redis", "{msg}"),
                     ('.' | '-', msg) => debug!(target: "redis", "{msg}"),
                     (_, msg) => info!(target: "redis", "{msg}"),
