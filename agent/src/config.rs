@@ -172,6 +172,41 @@ pub struct Config {
     pub hooks: HooksConfig,
 }
 
+impl Config {
+    /// What is valid but leaves the data store less protected than its operator may think;
+    /// `check-config` prints these and `status` carries them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        match &self.backup {
+            Some(b) if b.key_file.is_none() => w.push(format!(
+                "backups are off: backup.url is set ({}) but backup.key_file is not, so the store \
+                 holds no backups{}; create a key with `redis-steward keygen FILE` and set \
+                 backup.key_file",
+                b.url,
+                if self.cluster.as_ref().is_some_and(|c| c.nodes.len() == 2) {
+                    ", only the failover lease"
+                } else {
+                    ""
+                }
+            )),
+            // The Hobbyist plan has no backup history: no backups is its promise.
+            None if self.plan.backup_history_days().is_some() => w.push(format!(
+                "backups are off: no backup.url, though the {} plan keeps backups; a lost node \
+                 cannot be rebuilt from one",
+                self.plan
+            )),
+            None => {}
+            Some(_) => {}
+        }
+        w
+    }
+
+    /// Backups are taken (a store and a key).
+    pub fn backups_enabled(&self) -> bool {
+        self.backup.as_ref().is_some_and(|b| b.key_file.is_some())
+    }
+}
+
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -983,6 +1018,26 @@ password = "correct-horse"
             }
         );
         assert_eq!(c.redis.maxmemory_policy, "noeviction");
+    }
+
+    #[test]
+    fn backups_off_is_warned_unless_the_plan_keeps_none() {
+        // Startup keeps a day of backups: no url is worth a warning.
+        let c = parse(&base()).unwrap();
+        assert!(!c.backups_enabled());
+        let w = c.warnings();
+        assert!(w.len() == 1 && w[0].contains("no backup.url"), "{w:?}");
+        let hobby = parse(&base().replace("plan = \"startup\"", "plan = \"hobbyist\"")).unwrap();
+        assert_eq!(hobby.plan, Plan::Hobbyist);
+        assert!(hobby.warnings().is_empty(), "{:?}", hobby.warnings());
+        // A url without a key: the example config's state. Warned, naming both keys.
+        let c = parse(&(base() + "[backup]\nurl = \"file:///tmp/b\"\n")).unwrap();
+        assert!(!c.backups_enabled());
+        let w = c.warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("backup.url is set") && w[0].contains("backup.key_file"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -69,6 +69,15 @@ fn check_config_accepts_a_good_file_and_names_bad_keys() {
     let o = steward(&["check-config", good.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("ok (data store ds, node n1, plan startup"));
+    // A store without a key takes no backups: valid, and said so.
+    let (_d, no_key) = config("[backup]\nurl = \"file:///tmp/rs-backups\"\n");
+    let o = steward(&["check-config", no_key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("warning: backups are off: backup.url is set"),
+        "{}",
+        stdout(&o)
+    );
 
     let cases = [
         ("bogus_key = 1\n", "bogus_key"),

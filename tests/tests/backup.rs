@@ -511,3 +511,93 @@ fn verify_fails_on_a_wal_gap_and_on_a_missing_base() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A hung store (moto stopped mid-run, so every request waits for the store's timeout): the
+/// lag counts from the first second, not from when the hung upload gives up; `backup now`
+/// answers with the cause instead of waiting in silence; failures are counted.
+#[test]
+fn a_hung_store_shows_its_lag_at_once_and_backup_now_says_why() {
+    let moto = steward_testbed::s3::MotoServer::start().unwrap();
+    moto.create_bucket("backups").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("backup.key");
+    write_key(&key);
+    let options: String = moto
+        .options()
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let mut spec = NodeSpec::new("node-1");
+    spec.extra = format!(
+        "\n[backup]\nurl = \"s3://backups/ds-1\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{options}",
+        key.display()
+    );
+    let started = now_ms();
+    let agent = Agent::prepare(spec).unwrap();
+    agent.start_healthy().unwrap();
+    wait_snapshot(&agent, started);
+    assert_eq!(agent.cmd(&["SET", "before", "1"]), "OK");
+    wait_wal(&agent);
+    let metric = |name: &str| -> Option<f64> {
+        let text = agent.api_get("/metrics")?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(&format!("redis_steward_{name} "))?
+                .parse()
+                .ok()
+        })
+    };
+    assert_eq!(metric("backup_enabled"), Some(1.0));
+    assert!(
+        metric("backup_uploads_total").unwrap() >= 2.0,
+        "a base and a segment"
+    );
+    assert!(metric("backup_uploaded_bytes_total").unwrap() > 0.0);
+    assert!(metric("backup_last_snapshot_size_bytes").unwrap() > 0.0);
+    assert!(metric("backup_last_snapshot_duration_seconds").is_some());
+    let newest = metric("backup_newest_restorable_timestamp_seconds").unwrap();
+    assert!(newest * 1000.0 >= started as f64 - 1000.0, "{newest}");
+    assert_eq!(metric("backup_upload_failures_total"), Some(0.0));
+
+    moto.pause(true);
+    let hung_at = std::time::Instant::now();
+    assert_eq!(agent.cmd(&["SET", "during", "1"]), "OK");
+    std::thread::sleep(Duration::from_millis(4_500));
+    // Still inside the first hung upload (the store's timeout is 10 s).
+    let lag = backup_status(&agent)["lag_seconds"].as_u64().unwrap();
+    let lag_metric = metric("backup_lag_seconds").unwrap();
+    assert!(
+        hung_at.elapsed() < Duration::from_secs(9),
+        "the test itself was too slow to look inside the hang"
+    );
+    assert!(
+        lag >= 4 && lag_metric >= 4.0,
+        "lag {lag} s / {lag_metric} s after 4.5 s of a hung upload"
+    );
+
+    // `backup now` answers with the store's error (bounded: a hang here fails the test).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let config = agent.config_path.to_string_lossy().to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(run_cli(&["backup", "now", "--config", &config]));
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("`backup now` still waiting after 60 s of a hung store");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("timed out"), "the cause is named: {said}");
+    assert!(metric("backup_upload_failures_total").unwrap() >= 1.0);
+
+    // The store returns: everything arrives, the lag ends.
+    moto.pause(false);
+    wait_wal(&agent);
+    let settled = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+        (backup_status(&agent)["lag_seconds"] == 0).then_some(())
+    });
+    assert!(settled.is_some(), "{}", backup_status(&agent));
+    agent.stop().unwrap();
+}

@@ -83,8 +83,24 @@ pub struct BackupStatus {
     /// The un-uploaded WAL passed the spool limit.
     pub spool_full: bool,
     pub last_error: Option<String>,
+    /// Bytes stored (sealed: compressed and encrypted) and objects uploaded since start.
     pub uploaded_bytes: u64,
     pub uploads: u64,
+    /// Cycles that failed (an upload, a listing, a rewrite request) since start.
+    #[serde(default)]
+    pub upload_failures: u64,
+    /// The last snapshot: how long its upload took and how many bytes it stored.
+    #[serde(default)]
+    pub last_snapshot_duration_ms: Option<u64>,
+    #[serde(default)]
+    pub last_snapshot_bytes: Option<u64>,
+    /// The newest moment whose writes are all in the store (the current chain's base and
+    /// every WAL byte redis had written by then): the recovery point if this node died now.
+    #[serde(default)]
+    pub newest_restorable_unix_ms: Option<u64>,
+    /// The start of the oldest restorable chain in the store, as of the last prune.
+    #[serde(default)]
+    pub oldest_restorable_unix_ms: Option<u64>,
     /// How far the WAL is uploaded: the incremental file's number and offset.
     pub wal_incr_seq: Option<u64>,
     pub wal_offset: u64,
@@ -124,6 +140,7 @@ pub fn spawn(
                 failures: 0,
                 retry_at: None,
                 lag_since: None,
+                shipped_through_ms: None,
                 spool_warned_at: None,
             };
             shipper.run(role, rx, shutdown).await
@@ -148,6 +165,9 @@ struct Shipper {
     retry_at: Option<Instant>,
     /// Wall clock (ms) since which some WAL has been waiting.
     lag_since: Option<u64>,
+    /// The last observation (wall clock, ms) at which every WAL byte was uploaded: WAL
+    /// waiting now was written after it, so the lag is counted from there.
+    shipped_through_ms: Option<u64>,
     spool_warned_at: Option<Instant>,
 }
 
@@ -226,6 +246,7 @@ impl Shipper {
                 st.lag_bytes = 0;
                 st.lag_seconds = 0;
                 st.lag_since_unix_ms = None;
+                st.newest_restorable_unix_ms = None;
             });
             return;
         };
@@ -244,6 +265,8 @@ impl Shipper {
                 return;
             }
         };
+        // Before any upload: a hung one must not hide the lag it causes.
+        self.note_lag(&obs);
         let steps = plan::next_steps(self.cursor.as_ref(), &obs, MAX_SEGMENT);
         for step in steps {
             if let Err(e) = self.execute(&step, &obs).await {
@@ -281,20 +304,56 @@ impl Shipper {
             "backup: {e}; retrying in {} ms (nothing is skipped)",
             wait.as_millis()
         );
+        // `backup now` answers at once rather than wait out an outage in silence.
+        for r in self.snapshot_requested.drain(..) {
+            let _ = r.send(Err(format!(
+                "the snapshot failed: {e}; backups retry by themselves (next in {} ms), and \
+                 `backup now` can be asked again",
+                wait.as_millis()
+            )));
+        }
         self.status.send_modify(|st| {
             st.state = "failing".into();
             st.last_error = Some(e);
+            st.upload_failures += 1;
         });
+    }
+
+    /// Lag bookkeeping for one observation, published at once: WAL waiting now has waited
+    /// since the last observation that found none waiting.
+    fn note_lag(&mut self, obs: &Observed) {
+        let lag = plan::lag_bytes(self.cursor.as_ref(), obs);
+        if lag == 0 {
+            self.lag_since = None;
+            self.shipped_through_ms = Some(obs.unix_ms);
+        } else if self.lag_since.is_none() {
+            self.lag_since = Some(self.shipped_through_ms.unwrap_or(obs.unix_ms));
+        }
+        let newest = self.newest_restorable();
+        let since = self.lag_since;
+        self.status.send_modify(|st| {
+            st.lag_bytes = lag;
+            st.lag_since_unix_ms = since;
+            st.lag_seconds = since.map_or(0, |t| now_ms().saturating_sub(t) / 1000);
+            // While a new chain's base uploads, the previous chain still restores to here.
+            if newest.is_some() {
+                st.newest_restorable_unix_ms = newest;
+            }
+        });
+    }
+
+    /// [`BackupStatus::newest_restorable_unix_ms`]: only once the chain has its base.
+    fn newest_restorable(&self) -> Option<u64> {
+        self.cursor
+            .as_ref()
+            .filter(|c| c.base_uploaded)
+            .and(self.shipped_through_ms)
     }
 
     /// Lag, spool alarm and state for status.
     fn report(&mut self, obs: &Observed) {
+        self.note_lag(obs);
         let lag = plan::lag_bytes(self.cursor.as_ref(), obs);
-        match (lag, self.lag_since) {
-            (0, _) => self.lag_since = None,
-            (_, None) => self.lag_since = Some(now_ms()),
-            _ => {}
-        }
         let full = lag > self.s.spool_limit_bytes;
         if full
             && self
@@ -327,9 +386,7 @@ impl Shipper {
         self.status.send_modify(|st| {
             st.wal_incr_seq = seq;
             st.wal_offset = offset;
-            st.lag_bytes = lag;
             st.lag_seconds = lag_seconds;
-            st.lag_since_unix_ms = self.lag_since;
             st.spool_full = full;
             st.chain = chain;
             st.last_snapshot_unix_ms = self.last_snapshot_ms;
@@ -406,10 +463,17 @@ impl Shipper {
                     seq: *base_seq,
                 }
                 .path();
+                let stored_before = self.status.borrow().uploaded_bytes;
                 let began = Instant::now();
                 let bytes = self.upload_file(&object, file).await?;
                 let now = now_ms();
                 self.last_snapshot_ms = Some(now);
+                let took = began.elapsed().as_millis() as u64;
+                let stored = self.status.borrow().uploaded_bytes - stored_before;
+                self.status.send_modify(|st| {
+                    st.last_snapshot_duration_ms = Some(took);
+                    st.last_snapshot_bytes = Some(stored);
+                });
                 info!(
                     object,
                     bytes,
@@ -448,8 +512,9 @@ impl Shipper {
                 let (last, _) = sealer.finish()?;
                 out.extend(last);
                 let sealed: Vec<u8> = out.concat();
+                let stored = sealed.len() as u64;
                 self.s.store.put(&object, Bytes::from(sealed)).await?;
-                self.uploaded(to - from);
+                self.uploaded(stored);
             }
             Step::NextIncr { .. } => {}
             Step::EndChain => {
@@ -489,6 +554,7 @@ impl Shipper {
         Ok(())
     }
 
+    /// Counts one stored object of `bytes` (sealed) bytes.
     fn uploaded(&mut self, bytes: u64) {
         let now = now_ms();
         self.status.send_modify(|st| {
@@ -566,8 +632,10 @@ impl Shipper {
             }
             Ok(total)
         });
+        let mut stored = 0u64;
         let result: Result<u64> = async {
             while let Some(chunk) = rx.recv().await {
+                stored += chunk.len() as u64;
                 up.write(chunk).await?;
             }
             // The sender is gone: the sealing thread finished, or failed.
@@ -577,7 +645,7 @@ impl Shipper {
         match result {
             Ok(total) => {
                 up.finish().await?;
-                self.uploaded(total);
+                self.uploaded(stored);
                 Ok(total)
             }
             Err(e) => {
@@ -595,6 +663,14 @@ impl Shipper {
             for path in &plan.delete {
                 self.s.store.delete(path).await?;
             }
+            let oldest = catalog
+                .chains
+                .iter()
+                .filter(|c| plan.keep.contains(&c.id))
+                .filter_map(|c| c.window.as_ref().map(|w| w.start_unix_ms))
+                .min();
+            self.status
+                .send_modify(|st| st.oldest_restorable_unix_ms = oldest);
             Ok(plan.delete.len())
         }
         .await;

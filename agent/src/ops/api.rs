@@ -171,6 +171,7 @@ async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     if let Some(h) = &s.ha {
         s.metrics.observe_ha(&h.borrow());
     }
+    s.metrics.backup_enabled.set(s.backup.is_some() as i64);
     if let Some((b, _)) = &s.backup {
         s.metrics
             .observe_backup(&b.borrow().clone().as_of(crate::backup::now_ms()));

@@ -465,6 +465,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 cfg.access.allowed_cidrs.len(),
                 if cfg.redis.scripting { "on" } else { "off" },
             );
+            for w in cfg.warnings() {
+                println!("warning: {w}");
+            }
             Ok(())
         }
     }

@@ -7,9 +7,17 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 type Labels = Vec<(String, String)>;
+
+/// Brings a counter up to `count`, a total kept elsewhere. A counter only rises: concurrent
+/// scrapes both raising it to the count stay correct.
+fn raise(c: &Counter, count: u64) {
+    c.inner()
+        .fetch_max(count, std::sync::atomic::Ordering::Relaxed);
+}
 
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -32,9 +40,17 @@ pub struct Metrics {
     pub backup_spool_full: Gauge,
     pub backup_failing: Gauge,
     pub backup_last_snapshot_timestamp_seconds: Gauge,
-    pub backup_uploaded_bytes: Gauge,
-    pub hook_runs: Gauge,
-    pub hook_failures: Gauge,
+    pub backup_enabled: Gauge,
+    pub backup_last_upload_timestamp_seconds: Gauge,
+    pub backup_newest_restorable_timestamp_seconds: Gauge,
+    pub backup_oldest_restorable_timestamp_seconds: Gauge,
+    pub backup_last_snapshot_duration_seconds: Gauge<f64, AtomicU64>,
+    pub backup_last_snapshot_size_bytes: Gauge,
+    pub backup_uploaded_bytes: Counter,
+    pub backup_uploads: Counter,
+    pub backup_upload_failures: Counter,
+    pub hook_runs: Counter,
+    pub hook_failures: Counter,
 }
 
 impl Metrics {
@@ -60,9 +76,17 @@ impl Metrics {
             backup_spool_full: Gauge::default(),
             backup_failing: Gauge::default(),
             backup_last_snapshot_timestamp_seconds: Gauge::default(),
-            backup_uploaded_bytes: Gauge::default(),
-            hook_runs: Gauge::default(),
-            hook_failures: Gauge::default(),
+            backup_enabled: Gauge::default(),
+            backup_last_upload_timestamp_seconds: Gauge::default(),
+            backup_newest_restorable_timestamp_seconds: Gauge::default(),
+            backup_oldest_restorable_timestamp_seconds: Gauge::default(),
+            backup_last_snapshot_duration_seconds: Gauge::default(),
+            backup_last_snapshot_size_bytes: Gauge::default(),
+            backup_uploaded_bytes: Counter::default(),
+            backup_uploads: Counter::default(),
+            backup_upload_failures: Counter::default(),
+            hook_runs: Counter::default(),
+            hook_failures: Counter::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics lock");
@@ -163,9 +187,56 @@ impl Metrics {
                     &m.backup_last_snapshot_timestamp_seconds,
                 ),
                 (
+                    "backup_enabled",
+                    "1 when this node takes backups (backup.url and backup.key_file set)",
+                    &m.backup_enabled,
+                ),
+                (
+                    "backup_last_upload_timestamp_seconds",
+                    "When an object was last stored (unix seconds; 0: none since start)",
+                    &m.backup_last_upload_timestamp_seconds,
+                ),
+                (
+                    "backup_newest_restorable_timestamp_seconds",
+                    "The newest moment whose writes are all in the store (unix seconds; 0: \
+                     unknown, e.g. a standby)",
+                    &m.backup_newest_restorable_timestamp_seconds,
+                ),
+                (
+                    "backup_oldest_restorable_timestamp_seconds",
+                    "The start of the oldest restorable chain, as of the last prune (unix \
+                     seconds; 0: unknown)",
+                    &m.backup_oldest_restorable_timestamp_seconds,
+                ),
+                (
+                    "backup_last_snapshot_size_bytes",
+                    "Bytes the last snapshot stored (sealed)",
+                    &m.backup_last_snapshot_size_bytes,
+                ),
+            ] {
+                r.register(name, help, g.clone());
+            }
+            r.register(
+                "backup_last_snapshot_duration_seconds",
+                "How long the last snapshot's upload took",
+                m.backup_last_snapshot_duration_seconds.clone(),
+            );
+            // Counters: the encoder appends `_total`.
+            for (name, help, c) in [
+                (
                     "backup_uploaded_bytes",
-                    "Plaintext bytes uploaded since the agent started",
+                    "Bytes stored (compressed and encrypted) since the agent started",
                     &m.backup_uploaded_bytes,
+                ),
+                (
+                    "backup_uploads",
+                    "Objects stored since the agent started",
+                    &m.backup_uploads,
+                ),
+                (
+                    "backup_upload_failures",
+                    "Backup cycles that failed (retried) since the agent started",
+                    &m.backup_upload_failures,
                 ),
                 (
                     "promotion_hook_runs",
@@ -178,7 +249,7 @@ impl Metrics {
                     &m.hook_failures,
                 ),
             ] {
-                r.register(name, help, g.clone());
+                r.register(name, help, c.clone());
             }
         }
         m
@@ -188,10 +259,7 @@ impl Metrics {
     /// last probe was answered, the restarts it counted, and the INFO gauges.
     pub fn observe_redis(&self, s: &RedisState) {
         self.redis_up.set(s.healthy as i64);
-        // A counter only rises: concurrent scrapes both raising it to the count stay correct.
-        self.redis_restarts
-            .inner()
-            .fetch_max(s.restarts, std::sync::atomic::Ordering::Relaxed);
+        raise(&self.redis_restarts, s.restarts);
         self.observe_info(&s.info);
     }
 
@@ -241,13 +309,29 @@ impl Metrics {
         self.backup_failing.set(b.last_error.is_some() as i64);
         self.backup_last_snapshot_timestamp_seconds
             .set(b.last_snapshot_unix_ms.map_or(0, |t| (t / 1000) as i64));
-        self.backup_uploaded_bytes.set(b.uploaded_bytes as i64);
+        let secs = |t: Option<u64>| t.map_or(0, |t| (t / 1000) as i64);
+        self.backup_last_upload_timestamp_seconds
+            .set(secs(b.last_upload_unix_ms));
+        self.backup_newest_restorable_timestamp_seconds
+            .set(secs(b.newest_restorable_unix_ms));
+        self.backup_oldest_restorable_timestamp_seconds
+            .set(secs(b.oldest_restorable_unix_ms));
+        if let Some(ms) = b.last_snapshot_duration_ms {
+            self.backup_last_snapshot_duration_seconds
+                .set(ms as f64 / 1000.0);
+        }
+        if let Some(n) = b.last_snapshot_bytes {
+            self.backup_last_snapshot_size_bytes.set(n as i64);
+        }
+        raise(&self.backup_uploaded_bytes, b.uploaded_bytes);
+        raise(&self.backup_uploads, b.uploads);
+        raise(&self.backup_upload_failures, b.upload_failures);
     }
 
     pub fn observe_hook(&self, c: &crate::cluster::hook::HookCounters) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.hook_runs.set(c.runs.load(Relaxed) as i64);
-        self.hook_failures.set(c.failures.load(Relaxed) as i64);
+        raise(&self.hook_runs, c.runs.load(Relaxed));
+        raise(&self.hook_failures, c.failures.load(Relaxed));
     }
 
     pub fn encode(&self) -> String {

@@ -72,6 +72,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let fd = limits::raise_nofile_for(maxclients).context("cannot read RLIMIT_NOFILE")?;
     if fd.sufficient() {
         info!(memory_mb = memory.mb, source = ?memory.source, maxclients, nofile = fd.soft, "limits set");
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
     } else {
         warn!(
             "open-files limit is {} (hard {}), but maxclients {maxclients} needs {}: redis will accept only {} clients. \
@@ -270,6 +273,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             maxclients_wanted: maxclients,
             fd,
             config: summary(&cfg),
+            config_warnings: cfg.warnings(),
         },
         redis: sup.state.clone(),
         metrics: metrics.clone(),

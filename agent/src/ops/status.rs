@@ -106,6 +106,8 @@ pub struct StaticInfo {
     pub maxclients_wanted: u64,
     pub fd: FdLimit,
     pub config: ConfigSummary,
+    /// [`crate::config::Config::warnings`], shown with every status.
+    pub config_warnings: Vec<String>,
 }
 
 pub fn build(
@@ -125,7 +127,7 @@ pub fn build(
         (Phase::Running, None) if redis.healthy => "primary".to_string(),
         _ => "starting".to_string(),
     };
-    let mut warnings = Vec::new();
+    let mut warnings = st.config_warnings.clone();
     if !st.fd.sufficient() {
         warnings.push(format!(
             "open-files limit is {} but maxclients {} needs {}: redis can serve only {} clients; raise LimitNOFILE",
@@ -438,6 +440,7 @@ mod tests {
                 hard: fd_soft,
                 maxclients_possible: fd_soft.saturating_sub(32).min(16384),
             },
+            config_warnings: Vec::new(),
             config: ConfigSummary {
                 client_port: 6380,
                 sentinel_port: 26379,
