@@ -25,16 +25,46 @@ pub enum StoreError {
         path: String,
         timeout: Duration,
     },
-    #[error("object store {store}: {op} {path} failed: {source}")]
+    /// `detail` is the backend's error chain said once ([`chain_once`]); `backend` is kept for
+    /// matching, not as an error source: every level of object_store's chain repeats the
+    /// levels below it, and printing the sources again repeated it four or five times.
+    #[error("object store {store}: {op} {path} failed: {detail}")]
     Backend {
         store: String,
         op: &'static str,
         path: String,
-        #[source]
-        source: Box<object_store::Error>,
+        detail: String,
+        backend: Box<object_store::Error>,
     },
     #[error("object store URL {url:?}: {message}")]
     Url { url: String, message: String },
+}
+
+/// An error and its sources, each level's own words once: a level whose message ends with
+/// (or contains) the next level's drops that part, a level that adds nothing is skipped, so
+/// the root cause ("Connection refused") ends the line instead of hiding in repeats.
+pub fn chain_once(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut levels = Vec::new();
+    let mut cur = Some(e);
+    while let Some(level) = cur {
+        levels.push(level.to_string());
+        cur = level.source();
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for (i, text) in levels.iter().enumerate() {
+        let own = match levels.get(i + 1) {
+            Some(next) if !next.is_empty() => match text.find(next.as_str()) {
+                Some(at) => text[..at].to_string(),
+                None => text.clone(),
+            },
+            _ => text.clone(),
+        };
+        let own = own.trim().trim_end_matches([':', '-']).trim().to_string();
+        if !own.is_empty() && parts.last() != Some(&own) {
+            parts.push(own);
+        }
+    }
+    parts.join(": ")
 }
 
 /// A bucket (or folder) as the agent sees it.
@@ -117,6 +147,21 @@ pub fn redact(url: &str) -> String {
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Retries end well inside [`DEFAULT_TIMEOUT`], so that an unreachable store's own error
+/// ("Connection refused", a DNS failure, the bucket's 404) is what a caller sees rather than
+/// "timed out" (object_store's default retries for 3 minutes).
+fn retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(6),
+    }
+}
+
 impl Store {
     /// Open a store by URL. `options` are object_store configuration keys (e.g.
     /// `aws_endpoint`, `aws_region`, `aws_allow_http`, `aws_access_key_id`); credentials not
@@ -146,9 +191,33 @@ impl Store {
             "memory" => Arc::new(object_store::memory::InMemory::new()),
             "s3" | "gs" | "az" | "azure" | "abfs" => {
                 let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-                let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
-                    .map_err(|e| bad(e.to_string()))?;
-                let store: Arc<dyn ObjectStore> = Arc::from(store);
+                // Unknown keys are refused by name (object_store's own parser skips them, so a
+                // misspelt endpoint would silently go to AWS).
+                macro_rules! build {
+                    ($builder:ty) => {{
+                        let mut b = <$builder>::new().with_url(url).with_retry(retry());
+                        for (k, v) in options {
+                            let key = k.to_ascii_lowercase().parse().map_err(|_| {
+                                bad(format!(
+                                    "backup.options: {k:?} is not an option of {scheme}:// \
+                                     stores (object_store's configuration keys, e.g. \
+                                     aws_endpoint, aws_region, azure_storage_account_name)"
+                                ))
+                            })?;
+                            b = b.with_config(key, v);
+                        }
+                        let store: Arc<dyn ObjectStore> =
+                            Arc::new(b.build().map_err(|e| bad(chain_once(&e)))?);
+                        store
+                    }};
+                }
+                let store = match scheme {
+                    "s3" => build!(object_store::aws::AmazonS3Builder),
+                    "gs" => build!(object_store::gcp::GoogleCloudStorageBuilder),
+                    _ => build!(object_store::azure::MicrosoftAzureBuilder),
+                };
+                let prefix =
+                    ObjPath::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
                 if prefix.as_ref().is_empty() {
                     store
                 } else {
@@ -197,7 +266,8 @@ impl Store {
                 store: self.name.clone(),
                 op,
                 path: path.to_string(),
-                source: Box::new(source),
+                detail: chain_once(&source),
+                backend: Box::new(source),
             }),
             Err(_) => Err(StoreError::Timeout {
                 store: self.name.clone(),
@@ -225,9 +295,9 @@ impl Store {
             .await;
         match r {
             Ok(_) => Ok(true),
-            Err(StoreError::Backend { source, .. })
+            Err(StoreError::Backend { backend, .. })
                 if matches!(
-                    *source,
+                    *backend,
                     object_store::Error::AlreadyExists { .. }
                         | object_store::Error::Precondition { .. }
                 ) =>
@@ -298,7 +368,8 @@ impl Store {
                                 store,
                                 op: "get",
                                 path,
-                                source: Box::new(source),
+                                detail: chain_once(&source),
+                                backend: Box::new(source),
                             }),
                             None,
                         )),
@@ -504,6 +575,55 @@ fn local_error(e: impl std::error::Error + Send + Sync + 'static) -> object_stor
 mod tests {
     use super::*;
 
+    /// A refused connection (nothing listens on port 1): the cause is said, once.
+    #[tokio::test]
+    async fn an_unreachable_s3_endpoint_names_the_refusal_once() {
+        let opts: BTreeMap<String, String> = [
+            ("endpoint", "http://127.0.0.1:1"),
+            ("aws_access_key_id", "x"),
+            ("aws_secret_access_key", "y"),
+            ("region", "us-east-1"),
+            ("allow_http", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = Store::open("s3://nobucket/ds", &opts).unwrap();
+        let e = anyhow::Error::from(s.list("backup/").await.unwrap_err());
+        let msg = format!("{e:#}");
+        assert!(msg.ends_with("Connection refused (os error 111)"), "{msg}");
+        for once in [
+            "Connection refused",
+            "Error performing GET",
+            "Generic S3 error",
+        ] {
+            assert_eq!(msg.matches(once).count(), 1, "{once:?} in {msg}");
+        }
+        assert!(msg.starts_with("object store s3://nobucket/ds: list backup/ failed: "));
+    }
+
+    #[test]
+    fn chains_are_said_once() {
+        #[derive(Debug)]
+        struct E(String, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let root = E("refused".into(), None);
+        let mid = E("sending: refused".into(), Some(Box::new(root)));
+        let same = E("sending: refused".into(), Some(Box::new(mid)));
+        let top = E("GET /x - sending: refused".into(), Some(Box::new(same)));
+        assert_eq!(chain_once(&top), "GET /x: sending: refused");
+        assert_eq!(chain_once(&E("alone".into(), None)), "alone");
+    }
+
     #[tokio::test]
     async fn in_memory_store_keeps_the_contract() {
         contract::check(&Store::in_memory(), "t").await;
@@ -527,6 +647,13 @@ mod tests {
             let e = Store::open(url, &BTreeMap::new()).unwrap_err().to_string();
             assert!(e.contains(url) && e.contains(want), "{e}");
         }
+        // A misspelt option is named, never skipped (the endpoint would silently be AWS).
+        let o = BTreeMap::from([("aws_endpiont".to_string(), "http://x".to_string())]);
+        let e = Store::open("s3://b/p", &o).unwrap_err().to_string();
+        assert!(
+            e.contains("\"aws_endpiont\" is not an option of s3://"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,6 +14,21 @@ async fn s3_server_keeps_the_store_contract() {
     contract::check(&store, "contract").await;
 }
 
+/// A bucket that does not exist: the server's answer, said once (object_store's chain
+/// repeated it, XML body and all, at every level).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_named_once() {
+    let moto = MotoServer::start().unwrap();
+    let store = Store::open("s3://nowhere/ds-1", &moto.options()).unwrap();
+    let e = anyhow::Error::from(store.list("backup/").await.unwrap_err());
+    let msg = format!("{e:#}");
+    assert!(
+        msg.starts_with("object store s3://nowhere/ds-1: list backup/ failed: "),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("NoSuchBucket").count(), 1, "{msg}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_times_out_with_a_clear_error() {
     let moto = MotoServer::start().unwrap();
