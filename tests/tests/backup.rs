@@ -382,6 +382,8 @@ fn retention_prunes_expired_chains_and_keeps_the_newest_restorable_one() {
                 let rel = p.strip_prefix(bucket.join("backup")).ok()?;
                 Some(rel.iter().next()?.to_string_lossy().to_string())
             })
+            // The owner marker is not a chain.
+            .filter(|n| !n.starts_with("owner-"))
             .collect()
     };
     let pruned = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
@@ -600,4 +602,91 @@ fn a_hung_store_shows_its_lag_at_once_and_backup_now_says_why() {
     });
     assert!(settled.is_some(), "{}", backup_status(&agent));
     agent.stop().unwrap();
+}
+
+/// Two data stores configured with the same backup location: before owner markers the second
+/// restored the first one's data as its own at its first start, and its retention (Hobbyist:
+/// only the newest chain) pruned the first one's chain. Now the location is the first one's
+/// (`backup/owner-ds-a`): the second refuses to start from it, to back up or prune into it,
+/// and `restore` with its configuration refuses too.
+#[test]
+fn two_data_stores_never_share_a_backup_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let backup = format!(
+        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n",
+        bucket.display(),
+        key.display()
+    );
+    let mut spec = NodeSpec::new("node-1");
+    spec.data_store_id = "ds-a".into();
+    spec.extra = backup.clone();
+    let started = now_ms();
+    let a = Agent::prepare(spec).unwrap();
+    a.start_healthy().unwrap();
+    wait_snapshot(&a, started);
+    assert_eq!(a.cmd(&["SET", "owner", "ds-a"]), "OK");
+    wait_wal(&a);
+    let a_chains = chains(&bucket);
+    assert_eq!(a_chains.len(), 1, "{a_chains:?}");
+
+    let mut spec = NodeSpec::new("node-1");
+    spec.data_store_id = "ds-b".into();
+    spec.plan = "hobbyist".into();
+    spec.extra = backup;
+    let b = Agent::prepare(spec).unwrap();
+    b.start().unwrap();
+    let code = b.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(code, Some(1), "{}", b.log());
+    assert!(
+        b.log().contains("belong to data store ds-a"),
+        "the refusal names the owner: {}",
+        b.log()
+    );
+    assert!(
+        !b.data_dir().join("appendonlydir").exists(),
+        "nothing restored"
+    );
+
+    // Started empty on purpose, it still writes and prunes nothing there.
+    b.start_with(|c| {
+        c.arg("--start-empty");
+    })
+    .unwrap();
+    b.wait_healthy(Duration::from_secs(30)).unwrap();
+    let refused = wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+        let st = backup_status(&b);
+        (st["state"] == "failing"
+            && st["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("belong to data store ds-a")))
+        .then_some(())
+    });
+    assert!(refused.is_some(), "{}", backup_status(&b));
+    assert_eq!(b.cmd(&["SET", "owner", "ds-b"]), "OK");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(chains(&bucket), a_chains, "ds-b wrote or pruned a chain");
+    assert!(bucket.join("backup/owner-ds-a").exists());
+    assert!(!bucket.join("backup/owner-ds-b").exists());
+
+    let out = cli(
+        &b,
+        &[
+            "restore",
+            "--target",
+            tmp.path().join("r").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belong to data store ds-a"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ds-a's own backups are whole.
+    let restored = restore_newest(&bucket, &key, &tmp.path().join("restore-a"));
+    assert_eq!(restored.cmd(&["GET", "owner"]), "ds-a");
+    b.stop().unwrap();
+    a.stop().unwrap();
 }

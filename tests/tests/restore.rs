@@ -117,11 +117,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Object paths of the newest chain's WAL segments, in order.
 fn newest_segments(bucket: &Path) -> Vec<std::path::PathBuf> {
-    let mut chains: Vec<_> = std::fs::read_dir(bucket.join("backup"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    chains.sort();
+    let chains = chain_dirs(bucket);
     let mut segs: Vec<_> = std::fs::read_dir(chains.last().unwrap().join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -634,11 +630,12 @@ fn a_whole_lost_ha_data_store_comes_back_from_its_backup() {
     );
 }
 
-/// The chain directories of a local-folder bucket, oldest first.
+/// The chain directories of a local-folder bucket, oldest first (not the owner marker).
 fn chain_dirs(bucket: &Path) -> Vec<std::path::PathBuf> {
     let mut chains: Vec<_> = std::fs::read_dir(bucket.join("backup"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
         .collect();
     chains.sort();
     chains

@@ -48,6 +48,8 @@ pub enum Backups {
     NewestLost(String),
     /// The store did not answer (the error).
     Unreadable(String),
+    /// The prefix holds another data store's backups ([`Catalog::refuse_foreign`]).
+    Foreign(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,13 @@ pub fn decide(s: &Situation) -> Decision {
                 format_utc(*newest_unix_ms)
             ),
         ),
+        Backups::Foreign(e) => d(
+            Start::Refuse,
+            format!(
+                "empty data directory{no_primary}, and the backup location is another data \
+                 store's: not restoring its data as this one's, nor starting empty above it. {e}"
+            ),
+        ),
         Backups::Unreadable(e) => d(
             Start::Refuse,
             format!(
@@ -169,6 +178,8 @@ pub fn marker_path(state_dir: &Path) -> std::path::PathBuf {
 pub struct BackupSource<'a> {
     pub store: &'a crate::store::Store,
     pub keys: &'a crate::backup::keys::KeyRing,
+    /// This data store's id: the backups must be its own ([`crate::backup::catalog::Ownership`]).
+    pub data_store: &'a str,
 }
 
 /// Gather the facts, decide, and carry it out (a restore) before redis starts. Returns the
@@ -200,7 +211,7 @@ pub async fn prepare(
         // Joining a primary does not need the store.
         (_, Some(_)) => Backups::Off,
         (None, None) => Backups::Off,
-        (Some(b), None) => look_at_backups(b.store).await,
+        (Some(b), None) => look_at_backups(b.store, b.data_store).await,
     };
     let situation = Situation {
         ha: gossip.is_some(),
@@ -234,7 +245,7 @@ pub async fn prepare(
     Ok(Some(decision))
 }
 
-async fn look_at_backups(store: &crate::store::Store) -> Backups {
+async fn look_at_backups(store: &crate::store::Store, data_store: &str) -> Backups {
     let listed = tokio::time::timeout(
         Duration::from_secs(30),
         crate::backup::restore::catalog(store),
@@ -244,6 +255,9 @@ async fn look_at_backups(store: &crate::store::Store) -> Backups {
         Ok(Err(e)) => return Backups::Unreadable(format!("{e:#}")),
         Err(_) => return Backups::Unreadable("no answer within 30 s".into()),
     };
+    if let Some(e) = cat.refuse_foreign(data_store, store.name()) {
+        return Backups::Foreign(e);
+    }
     if cat.chains.is_empty() {
         if !cat.foreign.is_empty() {
             warn!(

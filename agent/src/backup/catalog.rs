@@ -1078,6 +1078,58 @@ pub struct Catalog {
     pub chains: Vec<Chain>,
     /// Sorted by path.
     pub foreign: Vec<ForeignObject>,
+    /// The data stores `backup/owner-{id}` markers name (see [`Ownership`]), sorted.
+    pub owners: Vec<String>,
+}
+
+/// `backup/owner-{data store id}`: an empty object naming the data store whose backups the
+/// prefix holds, written by its primary before its first chain. Two data stores configured
+/// with the same URL would otherwise prune each other's chains and restore each other's
+/// data as their own.
+pub const OWNER_PREFIX: &str = "backup/owner-";
+
+/// Whose backups a prefix holds, for a data store about to write, prune or restore there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// The only owner marker names this data store.
+    Ours,
+    /// No marker: an empty prefix, or chains an agent before markers wrote (adopted).
+    Unclaimed,
+    /// A marker names another data store: never write, prune or restore here.
+    Other(Vec<String>),
+}
+
+impl Catalog {
+    pub fn ownership(&self, data_store: &str) -> Ownership {
+        match self.owners.as_slice() {
+            [] => Ownership::Unclaimed,
+            [one] if one == data_store => Ownership::Ours,
+            _ => Ownership::Other(
+                self.owners
+                    .iter()
+                    .filter(|o| *o != data_store)
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The error for [`Ownership::Other`]: names both data stores and the way out.
+    pub fn refuse_foreign(&self, data_store: &str, store: &str) -> Option<String> {
+        let Ownership::Other(others) = self.ownership(data_store) else {
+            return None;
+        };
+        Some(format!(
+            "the backups at {store} belong to data store {} (marker {OWNER_PREFIX}{}), not to \
+             {data_store:?}: two data stores must not share a backup location (each would \
+             prune the other's chains). Give this data store its own backup.url prefix, or \
+             restore that data store's backups with a configuration whose data_store_id is \
+             {:?}",
+            others.join(", "),
+            others[0],
+            others[0]
+        ))
+    }
 }
 
 impl Catalog {
@@ -1093,7 +1145,12 @@ impl Catalog {
 
         let mut chains: BTreeMap<ChainId, Parts> = BTreeMap::new();
         let mut foreign = Vec::new();
+        let mut owners = Vec::new();
         for o in sorted {
+            if let Some(owner) = o.path.strip_prefix(OWNER_PREFIX) {
+                owners.push(owner.to_string());
+                continue;
+            }
             let name = match ObjectName::parse(&o.path) {
                 Ok(name) => name,
                 Err(e) => {
@@ -1137,6 +1194,7 @@ impl Catalog {
                 .map(|(id, (b, s, e))| Chain::build(id, b, s, e))
                 .collect(),
             foreign,
+            owners,
         }
     }
 
@@ -2094,6 +2152,34 @@ mod tests {
             ),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn owner_markers_say_whose_backups_a_prefix_holds() {
+        let (mut listing, _) = history();
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.ownership("ds-a"), Ownership::Unclaimed);
+        let marker = |id: &str| ListedObject {
+            path: format!("{OWNER_PREFIX}{id}"),
+            size: 0,
+            last_modified_unix_ms: T0,
+        };
+        listing.push(marker("ds-a"));
+        let cat = Catalog::from_listing(&listing);
+        assert!(cat.foreign.is_empty(), "a marker is not a foreign object");
+        assert_eq!(cat.ownership("ds-a"), Ownership::Ours);
+        assert_eq!(cat.refuse_foreign("ds-a", "file:///b"), None);
+        assert_eq!(cat.ownership("ds-b"), Ownership::Other(vec!["ds-a".into()]));
+        let msg = cat.refuse_foreign("ds-b", "file:///b").unwrap();
+        assert!(
+            msg.contains("belong to data store ds-a") && msg.contains("\"ds-b\""),
+            "{msg}"
+        );
+        // Two claims (two stores met in one legacy prefix): neither may act.
+        listing.push(marker("ds-b"));
+        let cat = Catalog::from_listing(&listing);
+        assert_eq!(cat.ownership("ds-a"), Ownership::Other(vec!["ds-b".into()]));
+        assert_eq!(cat.ownership("ds-b"), Ownership::Other(vec!["ds-a".into()]));
     }
 
     fn ids_d() -> ChainId {

@@ -142,6 +142,7 @@ pub fn spawn(
                 lag_since: None,
                 shipped_through_ms: None,
                 spool_warned_at: None,
+                owner_checked: false,
             };
             shipper.run(role, rx, shutdown).await
         },
@@ -169,6 +170,8 @@ struct Shipper {
     /// waiting now was written after it, so the lag is counted from there.
     shipped_through_ms: Option<u64>,
     spool_warned_at: Option<Instant>,
+    /// The location is this data store's (checked, or claimed, once per run).
+    owner_checked: bool,
 }
 
 /// The daily snapshot is due: today's snapshot time has passed and no snapshot since.
@@ -257,6 +260,13 @@ impl Shipper {
         self.epoch = Some(epoch);
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
+        }
+        if !self.owner_checked {
+            if let Err(e) = self.claim().await {
+                self.failed(format!("{e:#}"));
+                return;
+            }
+            self.owner_checked = true;
         }
         let obs = match self.observe().await {
             Ok(o) => o,
@@ -655,10 +665,35 @@ impl Shipper {
         }
     }
 
+    /// Before the first upload of a run: the location must hold this data store's backups
+    /// only. An unclaimed one (empty, or written before owner markers) gets the marker; another
+    /// data store's is refused, again at every retry, and nothing is written or pruned there.
+    async fn claim(&mut self) -> Result<()> {
+        use crate::backup::catalog::{Ownership, OWNER_PREFIX};
+        let catalog = crate::backup::restore::catalog(&self.s.store).await?;
+        if let Some(e) = catalog.refuse_foreign(&self.s.data_store, self.s.store.name()) {
+            anyhow::bail!("{e}");
+        }
+        if catalog.ownership(&self.s.data_store) == Ownership::Unclaimed {
+            let marker = format!("{OWNER_PREFIX}{}", self.s.data_store);
+            self.s.store.put(&marker, Bytes::new()).await?;
+            info!(
+                marker,
+                adopted_chains = catalog.chains.len(),
+                "backup: claimed the backup location for this data store"
+            );
+        }
+        Ok(())
+    }
+
     /// Apply the plan's retention; a failure is logged and retried after the next snapshot.
     async fn prune(&mut self) {
         let r: Result<usize> = async {
             let catalog = crate::backup::restore::catalog(&self.s.store).await?;
+            // Never another data store's chains (its marker may have appeared since the claim).
+            if let Some(e) = catalog.refuse_foreign(&self.s.data_store, self.s.store.name()) {
+                anyhow::bail!("{e}");
+            }
             let plan = crate::backup::retention::plan_prune(&catalog, self.s.history, now_ms());
             for path in &plan.delete {
                 self.s.store.delete(path).await?;

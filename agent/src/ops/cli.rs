@@ -354,6 +354,10 @@ fn restore(
     let cfg = config::load(config)?;
     let at = at.map(crate::backup::restore::parse_time).transpose()?;
     let (store, keys) = backup_reader(&cfg)?;
+    let cat = runtime()?.block_on(crate::backup::restore::catalog(&store))?;
+    if let Some(e) = cat.refuse_foreign(&cfg.data_store_id, store.name()) {
+        anyhow::bail!("not restoring: {e}");
+    }
     let dir = target.unwrap_or_else(|| cfg.data_dir.clone());
     crate::node::secrets::ensure_dir(&dir, 0o750)?;
     let lock = crate::node::layout::Layout::new(&dir, &cfg.state_dir).lock_file();

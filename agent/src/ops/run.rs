@@ -125,9 +125,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     };
     {
         let mut notifier = Notifier::from_env();
-        let source = backups
-            .as_ref()
-            .map(|(_, (store, keys))| crate::backup::bootstrap::BackupSource { store, keys });
+        let source =
+            backups.as_ref().map(
+                |(_, (store, keys))| crate::backup::bootstrap::BackupSource {
+                    store,
+                    keys,
+                    data_store: &cfg.data_store_id,
+                },
+            );
         let prepared = crate::backup::bootstrap::prepare(
             &layout.data_dir,
             &layout.state_dir,
