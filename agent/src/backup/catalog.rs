@@ -973,8 +973,50 @@ pub enum CatalogError {
 /// The newest `--at` second (a restore to second T takes everything up to T.999) inside
 /// `w`, if the window holds one.
 pub fn newest_second(w: &Window) -> Option<u64> {
-    let s = w.end_unix_ms.checked_sub(999)? / 1000;
-    (s * 1000 + 999 >= w.start_unix_ms).then_some(s)
+    w.seconds().map(|(_, last)| last)
+}
+
+impl Window {
+    /// The first and last `--at` seconds the window restores: second T when T.999 is inside
+    /// it (a restore to T holds every write that ran by the end of T); `None` when it holds
+    /// no such instant.
+    pub fn seconds(&self) -> Option<(u64, u64)> {
+        let last = self.end_unix_ms.checked_sub(999)? / 1000;
+        let first = self.start_unix_ms.saturating_sub(999).div_ceil(1000);
+        (first <= last).then_some((first, last))
+    }
+}
+
+/// The restorable `--at` seconds nearest to `second` among `windows`: the newest before it and
+/// the oldest after it.
+pub fn nearest_seconds(windows: &[Window], second: u64) -> (Option<u64>, Option<u64>) {
+    let ranges: Vec<(u64, u64)> = windows.iter().filter_map(Window::seconds).collect();
+    let before = ranges
+        .iter()
+        .filter(|(first, _)| *first < second)
+        .map(|&(_, last)| last.min(second - 1))
+        .max();
+    let after = ranges
+        .iter()
+        .filter(|(_, last)| *last > second)
+        .map(|&(first, _)| first.max(second + 1))
+        .min();
+    (before, after)
+}
+
+fn nearest_hint(windows: &[(ChainId, Window)], target: u64) -> String {
+    let ws: Vec<Window> = windows.iter().map(|(_, w)| *w).collect();
+    let say = |s: u64| format!("--at {s} ({})", format_utc(s * 1000));
+    match nearest_seconds(&ws, target / 1000) {
+        (Some(b), Some(a)) => format!(
+            "; nearest restorable seconds: {} before, {} after",
+            say(b),
+            say(a)
+        ),
+        (Some(b), None) => format!("; nearest restorable second: {} before", say(b)),
+        (None, Some(a)) => format!("; nearest restorable second: {} after", say(a)),
+        (None, None) => String::new(),
+    }
 }
 
 fn list_windows(windows: &[(ChainId, Window)]) -> String {
@@ -1047,11 +1089,15 @@ fn not_covered(target: u64, windows: &[(ChainId, Window)], newest_problem: Optio
                 format_utc(n)
             ),
         },
-        _ => "it falls between windows (a failover, or a gap in the WAL)".to_string(),
+        _ => "it falls between windows (a failover, an agent restart, a gap in the WAL, or the \
+              second a snapshot started in, when it cannot be told which chain holds its \
+              writes)"
+            .to_string(),
     };
     format!(
-        "no restorable chain covers {}: {hint}; restorable windows: {}",
+        "no restorable chain covers {}: {hint}{}; restorable windows: {}",
         format_utc(target),
+        nearest_hint(windows, target),
         list.join(", ")
     )
 }
