@@ -782,3 +782,224 @@ fn a_lost_newest_base_is_refused_never_replaced_by_the_older_chain() {
         failures.join("\n")
     );
 }
+
+/// Every whole second (`restore --at` restores through T.999) inside one of `windows`.
+fn seconds_inside(windows: &[(u64, u64)]) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for &(start, end) in windows {
+        let Some(last) = end.checked_sub(999).map(|e| e / 1000) else {
+            continue;
+        };
+        let first = start.saturating_sub(999).div_ceil(1000);
+        out.extend(first..=last);
+    }
+    out
+}
+
+/// Restore to second `t` into a fresh `dir` through the CLI and compare with the writer's log:
+/// every write answered OK before `t + 1` must be there, none sent at or after it. A second
+/// outside every window must be refused, naming the nearest restorable seconds. `Err` says
+/// what went wrong, so that a test can report every failing second.
+fn check_second(
+    config: &Path,
+    t: u64,
+    dir: &Path,
+    writes: &[TimedWrite],
+    prefix: &str,
+    inside: bool,
+) -> Result<String, String> {
+    let out = restore_cli(
+        config,
+        &["--at", &t.to_string(), "--target", dir.to_str().unwrap()],
+    );
+    if !out.status.success() {
+        let msg = text(&out);
+        return match inside {
+            true => Err(format!(
+                "second {t} is inside a window but was refused: {msg}"
+            )),
+            false if msg.contains("nearest restorable") => Ok(format!("refused ({})", msg.trim())),
+            false => Err(format!(
+                "second {t} was refused without naming the nearest restorable seconds: {msg}"
+            )),
+        };
+    }
+    let served = serve_restored(dir);
+    let ns: Vec<u64> = writes.iter().map(|w| w.n).collect();
+    let have = present(&ns, prefix, |args| served.cmd(args));
+    let cut = (t + 1) * 1000;
+    let missing: Vec<&TimedWrite> = writes
+        .iter()
+        .filter(|w| w.ok_ms.is_some_and(|ok| ok < cut) && !have.contains(&w.n))
+        .collect();
+    let extra: Vec<&TimedWrite> = writes
+        .iter()
+        .filter(|w| w.sent_ms >= cut && have.contains(&w.n))
+        .collect();
+    let before = writes
+        .iter()
+        .filter(|w| w.ok_ms.is_some_and(|ok| ok < cut))
+        .count();
+    if !missing.is_empty() || !extra.is_empty() {
+        let first = |v: &[&TimedWrite]| v.first().map(|w| (w.n, w.sent_ms, w.ok_ms));
+        return Err(format!(
+            "restore --at {t} ({}) exited 0 (inside a window: {inside}) but {} of the {before} \
+             writes answered before it are missing (first: n, sent, ok = {:?}) and {} sent \
+             after it are present (first {:?})",
+            redis_steward::backup::catalog::format_utc(t * 1000),
+            missing.len(),
+            first(&missing),
+            extra.len(),
+            first(&extra),
+        ));
+    }
+    Ok(format!("{before} writes before it, all there, none after"))
+}
+
+/// Restore every second of `ts` and compare; panic listing every second that failed.
+fn check_seconds(
+    what: &str,
+    bucket: &Path,
+    config: &Path,
+    ts: &BTreeSet<u64>,
+    scratch: &Path,
+    writes: &[TimedWrite],
+    prefix: &str,
+) {
+    let w = windows(bucket);
+    let inside = seconds_inside(&w);
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    for &t in ts {
+        let dir = scratch.join(format!("at-{t}"));
+        match check_second(config, t, &dir, writes, prefix, inside.contains(&t)) {
+            Ok(m) => println!("{what}: second {t}: {m}"),
+            Err(e) => {
+                println!("{what}: second {t}: FAILED: {e}");
+                failures.push(e);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!(
+        "{what}: {} seconds restored and compared in {} ms (windows {w:?})",
+        ts.len(),
+        started.elapsed().as_millis()
+    );
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} seconds failed:\n{}",
+        failures.len(),
+        ts.len(),
+        failures.join("\n")
+    );
+}
+
+/// Sleep until the wall clock is `ms` milliseconds into a second.
+fn sleep_to_phase(ms: u64) {
+    let now = unix_ms();
+    let wait = (1000 + ms - now % 1000) % 1000;
+    std::thread::sleep(Duration::from_millis(wait));
+}
+
+/// Issue 13, item 1: `restore --at T` for the seconds around a snapshot. The snapshot is asked
+/// for 100 ms before a second ends, so that the rewrite starts in one second and the new chain
+/// begins in the next: the second in between is where the old chain's window used to stretch
+/// past the writes it holds.
+#[test]
+fn restore_at_every_second_across_a_snapshot_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let agent = agent_with_backups(&bucket, &key);
+    wait_snapshot(&agent, 0);
+
+    let writer = TimedWriter::start(node_client(&agent), "b");
+    let mut asked = Vec::new();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        sleep_to_phase(900);
+        asked.push(unix_ms());
+        assert_success(&cli(&agent, &["backup", "now"]));
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    let writes = writer.finish();
+    wait_wal(&agent);
+    agent.stop().unwrap();
+
+    let w = windows(&bucket);
+    assert_eq!(w.len(), 3, "three chains: {w:?}");
+    let ts: BTreeSet<u64> = asked
+        .iter()
+        .flat_map(|a| a / 1000 - 2..=a / 1000 + 2)
+        .filter(|t| t * 1000 + 999 >= w[0].0)
+        .collect();
+    check_seconds(
+        "snapshot boundary",
+        &bucket,
+        &agent.config_path,
+        &ts,
+        tmp.path(),
+        &writes,
+        "b",
+    );
+}
+
+/// Issue 13's property: write for a while with several snapshots and an agent restart in
+/// between, then restore every second from the oldest window's start to the newest window's
+/// end and compare with the writer's log. Seconds inside a window must restore every write
+/// answered by then and none sent after; seconds between windows (the restart) must be
+/// refused. Seeded: `PITR_SEED=<n>` replays the timing of a run.
+#[test]
+fn every_second_of_the_restorable_window_restores_exactly() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("PITR_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("PITR_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let agent = agent_with_backups(&bucket, &key);
+    wait_snapshot(&agent, 0);
+
+    let writer = TimedWriter::start(node_client(&agent), "q");
+    // Three snapshots and one restart, in a seeded order, at seeded phases of the second.
+    let restart_at = rng.random_range(0..4);
+    for i in 0..4 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(1200..2500)));
+        sleep_to_phase(rng.random_range(0..1000));
+        if i == restart_at {
+            println!("step {i}: restarting the agent at {}", unix_ms());
+            agent.stop().unwrap();
+            agent.start_healthy().unwrap();
+            wait_snapshot(&agent, 0);
+        } else {
+            println!("step {i}: backup now at {}", unix_ms());
+            assert_success(&cli(&agent, &["backup", "now"]));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(rng.random_range(1200..2500)));
+    let writes = writer.finish();
+    wait_wal(&agent);
+    agent.stop().unwrap();
+
+    let w = windows(&bucket);
+    assert!(w.len() >= 5, "five chains or more: {w:?}");
+    let first = w.iter().map(|x| x.0).min().unwrap();
+    let last = w.iter().map(|x| x.1).max().unwrap();
+    let ts: BTreeSet<u64> = (first / 1000..=last.saturating_sub(999) / 1000).collect();
+    println!("{} seconds from {first} to {last}", ts.len());
+    check_seconds(
+        &format!("property (PITR_SEED={seed})"),
+        &bucket,
+        &agent.config_path,
+        &ts,
+        tmp.path(),
+        &writes,
+        "q",
+    );
+}

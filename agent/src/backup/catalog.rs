@@ -18,11 +18,20 @@
 //! | end marker | `backup/{chain}/end-{unix_ms:013}.rsb` |
 //!
 //! - The base is Redis's AOF base file `appendonly.aof.{base_seq}.base.rdb`; the chain starts
-//!   at `start_unix_ms`, the time of that snapshot.
-//! - A segment holds bytes `[offset, end)` of `appendonly.aof.{incr_seq}.incr.aof`, uploaded
-//!   at `unix_ms` (none of its writes is newer than that).
-//! - The end marker says the primary closed the chain cleanly (demotion, next snapshot) after
-//!   its last segment was uploaded.
+//!   at `start_unix_ms`, no earlier than redis switched to the chain's first incremental file
+//!   (the rewrite's start: the base may hold every write before that switch).
+//! - A segment holds bytes `[offset, end)` of `appendonly.aof.{incr_seq}.incr.aof`; every write
+//!   acknowledged at or before `unix_ms` is in the chain up to it, and none of its writes is
+//!   newer than its upload.
+//! - The end marker says the primary closed the chain cleanly (the next snapshot) after its
+//!   last segment was uploaded; the chain holds every write acknowledged at or before its
+//!   `unix_ms`, which is no later than redis switched to the next chain's file.
+//!
+//! These are the shipper's recorded times (`plan`'s module doc says how it picks them so that
+//! a second next to a snapshot is claimed only by a chain that restores it whole). Buckets
+//! written before that rule kept the same names, but their end markers and last segments
+//! were stamped when uploaded, after the switch: such a chain may claim up to a WAL interval
+//! plus a rewrite's length past the writes it holds.
 //!
 //! Parsing is strict: a number must read exactly as the formatter writes it, so every parsed
 //! name formats back to itself. A number too big for its width still formats and parses (it
@@ -58,9 +67,12 @@
 //! without a base lost it (deleted, or a prune of an old chain cut short); it is never
 //! "still uploading".
 //!
-//! A chain is *restorable* when it has a base. Its window runs from its start to the upload
-//! time of the last segment reached without a gap — or to its end marker when the WAL has no
-//! gap, since a cleanly closed chain took no writes after its last segment. A chain with
+//! A chain is *restorable* when it has a base. Its window runs from its start to the stamp of
+//! the last segment reached without a gap — or to its end marker when the WAL has no gap. A
+//! restore to second T takes the newest chain whose window holds T.999 ([`Window::seconds`]);
+//! a second no window holds (an agent restart, a failover, the second a snapshot started in
+//! when the shipper could not place the switch inside it) is refused, naming the nearest
+//! restorable seconds ([`nearest_seconds`]). A chain with
 //! several bases (a shipper bug) uses the lowest-numbered one and reports the others.
 //!
 //! # Problems
@@ -973,8 +985,50 @@ pub enum CatalogError {
 /// The newest `--at` second (a restore to second T takes everything up to T.999) inside
 /// `w`, if the window holds one.
 pub fn newest_second(w: &Window) -> Option<u64> {
-    let s = w.end_unix_ms.checked_sub(999)? / 1000;
-    (s * 1000 + 999 >= w.start_unix_ms).then_some(s)
+    w.seconds().map(|(_, last)| last)
+}
+
+impl Window {
+    /// The first and last `--at` seconds the window restores: second T when T.999 is inside
+    /// it (a restore to T holds every write that ran by the end of T); `None` when it holds
+    /// no such instant.
+    pub fn seconds(&self) -> Option<(u64, u64)> {
+        let last = self.end_unix_ms.checked_sub(999)? / 1000;
+        let first = self.start_unix_ms.saturating_sub(999).div_ceil(1000);
+        (first <= last).then_some((first, last))
+    }
+}
+
+/// The restorable `--at` seconds nearest to `second` among `windows`: the newest before it and
+/// the oldest after it.
+pub fn nearest_seconds(windows: &[Window], second: u64) -> (Option<u64>, Option<u64>) {
+    let ranges: Vec<(u64, u64)> = windows.iter().filter_map(Window::seconds).collect();
+    let before = ranges
+        .iter()
+        .filter(|(first, _)| *first < second)
+        .map(|&(_, last)| last.min(second - 1))
+        .max();
+    let after = ranges
+        .iter()
+        .filter(|(_, last)| *last > second)
+        .map(|&(first, _)| first.max(second + 1))
+        .min();
+    (before, after)
+}
+
+fn nearest_hint(windows: &[(ChainId, Window)], target: u64) -> String {
+    let ws: Vec<Window> = windows.iter().map(|(_, w)| *w).collect();
+    let say = |s: u64| format!("--at {s} ({})", format_utc(s * 1000));
+    match nearest_seconds(&ws, target / 1000) {
+        (Some(b), Some(a)) => format!(
+            "; nearest restorable seconds: {} before, {} after",
+            say(b),
+            say(a)
+        ),
+        (Some(b), None) => format!("; nearest restorable second: {} before", say(b)),
+        (None, Some(a)) => format!("; nearest restorable second: {} after", say(a)),
+        (None, None) => String::new(),
+    }
 }
 
 fn list_windows(windows: &[(ChainId, Window)]) -> String {
@@ -1047,11 +1101,15 @@ fn not_covered(target: u64, windows: &[(ChainId, Window)], newest_problem: Optio
                 format_utc(n)
             ),
         },
-        _ => "it falls between windows (a failover, or a gap in the WAL)".to_string(),
+        _ => "it falls between windows (a failover, an agent restart, a gap in the WAL, or the \
+              second a snapshot started in, when it cannot be told which chain holds its \
+              writes)"
+            .to_string(),
     };
     format!(
-        "no restorable chain covers {}: {hint}; restorable windows: {}",
+        "no restorable chain covers {}: {hint}{}; restorable windows: {}",
         format_utc(target),
+        nearest_hint(windows, target),
         list.join(", ")
     )
 }
@@ -2482,5 +2540,108 @@ newest point not restorable: the newest chain 1793664000000-e0000000002-node-b h
                 assert_eq!(plan.chain, c);
             }
         }
+    }
+
+    /// The window rules around a snapshot, over every small case: the old chain recorded as
+    /// the shipper records it (segments stamped 1 ms before their observation, the tail and
+    /// the end marker 1 ms before the BGREWRITEAOF was sent, at `lo`), the new chain named by
+    /// the time redis answered, `hi`. Redis switched files at some R in [lo, hi]. Every second
+    /// restores from the old chain exactly when it ends by `lo` (so by R), from the new one
+    /// exactly when it ends after `hi` (its base holds writes up to R), and is refused,
+    /// naming the nearest restorable seconds, when neither can be told — for any R.
+    #[test]
+    fn a_snapshot_boundary_claims_exactly_the_seconds_one_chain_restores_whole() {
+        let old = id(T0, 1, "n");
+        let mut cases = 0;
+        for lo_off in (1_980..=2_020).chain([2_400, 2_500, 2_999, 3_000, 3_001]) {
+            for width in [0, 1, 2, 20, 500, 999, 1_000, 1_001, 1_500] {
+                for tail in [false, true] {
+                    let (lo, hi) = (T0 + lo_off, T0 + lo_off + width);
+                    let new = id(hi, 1, "n");
+                    let mut listing = vec![base(&old, 1, 100)];
+                    // Observations every 300 ms before the BGREWRITEAOF.
+                    let mut offset = 0;
+                    let mut o = T0 + 300;
+                    while o < lo {
+                        listing.push(seg(&old, 1, offset, offset + 10, o - 1));
+                        offset += 10;
+                        o += 300;
+                    }
+                    if tail {
+                        listing.push(seg(&old, 1, offset, offset + 10, lo - 1));
+                    }
+                    listing.push(end(&old, lo - 1));
+                    listing.push(base(&new, 2, 100));
+                    let mut offset = 0;
+                    for k in 1..=20 {
+                        listing.push(seg(&new, 2, offset, offset + 10, hi + 300 * k - 1));
+                        offset += 10;
+                    }
+                    let cat = Catalog::from_listing(&listing);
+                    assert!(cat.chains.iter().all(|c| c.breaks().next().is_none()));
+                    for t in T0 / SEC..T0 / SEC + 7 {
+                        let at = t * SEC + 999;
+                        let next = (t + 1) * SEC;
+                        let got = cat.restore_plan(Some(at));
+                        let what = format!(
+                            "lo {lo_off} width {width} tail {tail} second +{}",
+                            t - T0 / SEC
+                        );
+                        match got {
+                            Ok(p) if p.chain == old => {
+                                assert!(next <= lo, "{what}: the old chain misses writes after R");
+                            }
+                            Ok(p) => {
+                                assert_eq!(p.chain, new, "{what}");
+                                assert!(
+                                    next > hi,
+                                    "{what}: the new chain's base may hold later writes"
+                                );
+                            }
+                            Err(e @ CatalogError::NotCovered { .. }) => {
+                                assert!(
+                                    lo < next && next <= hi,
+                                    "{what}: refused a second a chain restores whole: {e}"
+                                );
+                                let msg = e.to_string();
+                                assert!(
+                                    msg.contains("nearest restorable seconds"),
+                                    "{what}: {msg}"
+                                );
+                                // The last second ending by lo, the first ending after hi.
+                                let before = lo / SEC - 1;
+                                assert!(msg.contains(&format!("--at {before} (")), "{what}: {msg}");
+                                assert!(
+                                    msg.contains(&format!("--at {} (", hi / SEC)),
+                                    "{what}: {msg}"
+                                );
+                            }
+                            Err(e) => panic!("{what}: {e}"),
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert!(cases > 5_000, "{cases}");
+    }
+
+    #[test]
+    fn window_seconds_and_the_nearest_ones() {
+        let w = |a, b| Window {
+            start_unix_ms: a,
+            end_unix_ms: b,
+        };
+        // Second T is in when T.999 is.
+        assert_eq!(w(1_000, 1_999).seconds(), Some((1, 1)));
+        assert_eq!(w(1_000, 1_998).seconds(), None);
+        assert_eq!(w(1_999, 3_998).seconds(), Some((1, 2)));
+        assert_eq!(w(2_000, 3_999).seconds(), Some((2, 3)));
+        assert_eq!(w(0, 998).seconds(), None);
+        let ws = [w(1_000, 4_999), w(7_500, 9_999)];
+        assert_eq!(nearest_seconds(&ws, 5), (Some(4), Some(7)));
+        assert_eq!(nearest_seconds(&ws, 0), (None, Some(1)));
+        assert_eq!(nearest_seconds(&ws, 10), (Some(9), None));
+        assert_eq!(nearest_seconds(&ws, 3), (Some(2), Some(4)));
     }
 }

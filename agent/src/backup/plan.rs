@@ -8,12 +8,37 @@
 //! follow it. Any rewrite — the daily snapshot, `backup now`, a new primary's first snapshot,
 //! or one redis starts by itself when the AOF grows — ends the chain: the rest of its files
 //! (history by then, their sizes final) is shipped, and a new chain starts from the new base.
+//!
+//! # The times in the names
+//!
+//! A point-in-time restore trusts three recorded times, and this module chooses all three
+//! (the shell only reads clocks and names objects), so that for every whole second a chain
+//! claims, the chain holds exactly the writes that ran by its end:
+//!
+//! - a segment's stamp ([`Step::Ship`]) and [`Step::Covered`]: the chain holds every write
+//!   acknowledged *before* the observation ([`Observed::unix_ms`], taken before the manifest
+//!   and sizes were read); the stamp is that instant minus 1 ms, the last millisecond whose
+//!   writes are all in (the catalog's windows include both ends);
+//! - the end marker ([`Step::EndChain`]): redis switches to a new incremental file when a
+//!   rewrite *starts* (R), and the new chain's base is the data at that fork. The old chain
+//!   holds exactly the writes before R, so its end can claim no later than a lower bound of R:
+//!   the time just before the shipper sent `BGREWRITEAOF` (when redis started or scheduled
+//!   it), or the last observation whose WAL it shipped in full, whichever is later. The
+//!   segments of its last file shipped after the switch carry the same stamp, not the
+//!   (later) time they were read;
+//! - the new chain's start ([`Step::StartChain`]): an upper bound of R — the time just after
+//!   redis answered that the rewrite started (when the new chain's first incremental file is
+//!   the one that rewrite opened), else the time just after the manifest showing the new base
+//!   was read. Its base may hold writes up to R, so it can serve no earlier second.
+//!
+//! A second between the two (R's second, when the shipper could not place R inside it) is in
+//! neither window, and a restore to it is refused rather than restored from the wrong chain.
 
 use crate::backup::aof::{Kind, Manifest};
 use std::collections::BTreeMap;
 
 /// How far the current chain has been uploaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cursor {
     /// The base file number the chain starts from.
     pub base_seq: u64,
@@ -21,32 +46,43 @@ pub struct Cursor {
     /// The incremental file being shipped and the offset uploaded up to.
     pub incr_seq: u64,
     pub offset: u64,
+    /// Every write acknowledged before this instant (unix ms) is in what was uploaded (0: no
+    /// observation was shipped in full yet).
+    pub covered_unix_ms: u64,
 }
 
 /// One thing to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// Ask redis for an AOF rewrite (a new base): a snapshot.
-    Rewrite,
-    /// Begin a chain on this base (its first incremental file is `first_incr`).
+    /// Ask redis for an AOF rewrite (a new base): a snapshot. It will open incremental file
+    /// `opens_incr` (the shell records [`RewriteSent`]).
+    Rewrite { opens_incr: u64 },
+    /// Begin a chain on this base (its first incremental file is `first_incr`), named by
+    /// `start_unix_ms`: no earlier than the switch to `first_incr` (module doc).
     StartChain {
         base_seq: u64,
         base_file: String,
         first_incr: u64,
+        start_unix_ms: u64,
     },
     /// Upload the chain's base.
     UploadBase { base_seq: u64, file: String },
-    /// Upload bytes `[from, to)` of incremental file `incr_seq`.
+    /// Upload bytes `[from, to)` of incremental file `incr_seq`, stamped `unix_ms`.
     Ship {
         incr_seq: u64,
         file: String,
         from: u64,
         to: u64,
+        unix_ms: u64,
     },
     /// Move the cursor to the start of the next incremental file (the previous one is done).
     NextIncr { incr_seq: u64 },
-    /// The chain is complete (a rewrite superseded it): mark its end.
-    EndChain,
+    /// The chain is complete (a rewrite superseded it): mark its end at `unix_ms`, the last
+    /// millisecond whose writes it holds in full.
+    EndChain { unix_ms: u64 },
+    /// Once the steps before it succeeded, the chain holds every write acknowledged before
+    /// `unix_ms`. Nothing to upload.
+    Covered { unix_ms: u64 },
     /// Remove history files redis keeps for us (all of them are uploaded).
     CollectHistory,
     /// The chain cannot continue (e.g. redis truncated a file we had shipped past when it
@@ -68,6 +104,59 @@ pub struct Observed {
     /// in the bytes up to `sizes` (redis writes the AOF before it replies). Segments carry it
     /// in their names, which point-in-time restores rely on.
     pub unix_ms: u64,
+    /// Wall clock taken *after* the manifest and sizes were read: a switch of incremental
+    /// file the manifest shows happened before it.
+    pub read_unix_ms: u64,
+    /// The last `BGREWRITEAOF` the shipper sent, if no chain started since.
+    pub rewrite_sent: Option<RewriteSent>,
+}
+
+/// What the shipper saw of its `BGREWRITEAOF`: the clock just before sending it and just after
+/// the answer, which bound the moment redis switched to a new incremental file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewriteSent {
+    /// The base current when it was sent.
+    pub base_seq: u64,
+    pub sent_unix_ms: u64,
+    pub answered_unix_ms: u64,
+    pub reply: RewriteReply,
+    /// The incremental file it opens (when it started).
+    pub opens_incr: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteReply {
+    /// Started before the answer: redis switched files between sending and answering.
+    Started,
+    /// Redis will start it later (a child process was busy): it switches after the sending.
+    Scheduled,
+    /// One was running already: it switched at some unknown earlier time.
+    AlreadyRunning,
+}
+
+impl RewriteSent {
+    /// A lower bound of the switch ending the chain on `base_seq`, if this tells one.
+    fn switch_after(&self, base_seq: u64) -> Option<u64> {
+        (self.base_seq == base_seq && self.reply != RewriteReply::AlreadyRunning)
+            .then_some(self.sent_unix_ms)
+    }
+
+    /// An upper bound of the switch to `first_incr`, if this tells one.
+    fn switch_before(&self, first_incr: u64) -> Option<u64> {
+        (self.reply == RewriteReply::Started && self.opens_incr == first_incr)
+            .then_some(self.answered_unix_ms)
+    }
+}
+
+/// The incremental file a rewrite started now opens: redis numbers them on from the highest.
+pub fn opens_incr(obs: &Observed) -> u64 {
+    obs.manifest
+        .entries
+        .iter()
+        .filter(|e| e.is_incr_file() && e.kind != Kind::Base)
+        .map(|e| e.seq)
+        .max()
+        .map_or(1, |m| m + 1)
 }
 
 /// The steps to take now. `max_segment` bounds the bytes of one `Ship`.
@@ -85,10 +174,26 @@ pub fn next_steps(cursor: Option<&Cursor>, obs: &Observed, max_segment: u64) -> 
         match obs.rewrite_pending_from {
             Some(from) if base.seq > from => start_chain(obs, &mut steps),
             Some(_) => {}
-            None => steps.push(Step::Rewrite),
+            None => steps.push(Step::Rewrite {
+                opens_incr: opens_incr(obs),
+            }),
         }
         return steps;
     };
+    // The chain's base is still current: this observation holds for it (every incremental
+    // file of the chain is listed). Otherwise a rewrite ended it, and its last segments
+    // are stamped with what is known of the switch (module doc).
+    let current = base.seq == c.base_seq;
+    let stamp = if current {
+        obs.unix_ms
+    } else {
+        let switch = obs
+            .rewrite_sent
+            .and_then(|r| r.switch_after(c.base_seq))
+            .unwrap_or(0);
+        c.covered_unix_ms.max(switch)
+    }
+    .saturating_sub(1);
     if !c.base_uploaded {
         steps.push(Step::UploadBase {
             base_seq: c.base_seq,
@@ -129,6 +234,7 @@ pub fn next_steps(cursor: Option<&Cursor>, obs: &Observed, max_segment: u64) -> 
                 file: file.clone(),
                 from: pos,
                 to,
+                unix_ms: stamp,
             });
             pos = to;
         }
@@ -145,12 +251,19 @@ pub fn next_steps(cursor: Option<&Cursor>, obs: &Observed, max_segment: u64) -> 
     }
     if base.seq != c.base_seq {
         // A rewrite ended this chain: its files are history now and complete.
-        steps.push(Step::EndChain);
+        steps.push(Step::EndChain { unix_ms: stamp });
         start_chain(obs, &mut steps);
         return steps;
     }
+    if obs.unix_ms > c.covered_unix_ms {
+        steps.push(Step::Covered {
+            unix_ms: obs.unix_ms,
+        });
+    }
     if obs.snapshot_due && !rewrite_pending {
-        steps.push(Step::Rewrite);
+        steps.push(Step::Rewrite {
+            opens_incr: opens_incr(obs),
+        });
     }
     steps
 }
@@ -191,10 +304,17 @@ fn start_chain(obs: &Observed, steps: &mut Vec<Step>) {
         .map(|e| e.seq)
         .min()
         .unwrap_or(base.seq);
+    // The manifest showing the new base was read before `read_unix_ms`, so the switch to its
+    // first incremental file came before that; the answer to our BGREWRITEAOF may say sooner.
+    let start_unix_ms = obs
+        .rewrite_sent
+        .and_then(|r| r.switch_before(first_incr))
+        .map_or(obs.read_unix_ms, |t| t.min(obs.read_unix_ms));
     steps.push(Step::StartChain {
         base_seq: base.seq,
         base_file: base.file.clone(),
         first_incr,
+        start_unix_ms,
     });
     steps.push(Step::UploadBase {
         base_seq: base.seq,
@@ -217,14 +337,25 @@ pub fn advance(cursor: Option<Cursor>, step: &Step) -> Option<Cursor> {
             base_uploaded: false,
             incr_seq: *first_incr,
             offset: 0,
+            covered_unix_ms: 0,
         }),
         Step::UploadBase { .. } => cursor.map(|c| Cursor {
             base_uploaded: true,
             ..c
         }),
-        Step::Ship { incr_seq, to, .. } => cursor.map(|c| Cursor {
+        Step::Ship {
+            incr_seq,
+            to,
+            unix_ms,
+            ..
+        } => cursor.map(|c| Cursor {
             incr_seq: *incr_seq,
             offset: *to,
+            covered_unix_ms: c.covered_unix_ms.max(unix_ms.saturating_add(1)),
+            ..c
+        }),
+        Step::Covered { unix_ms } => cursor.map(|c| Cursor {
+            covered_unix_ms: c.covered_unix_ms.max(*unix_ms),
             ..c
         }),
         Step::NextIncr { incr_seq } => cursor.map(|c| Cursor {
@@ -232,8 +363,8 @@ pub fn advance(cursor: Option<Cursor>, step: &Step) -> Option<Cursor> {
             offset: 0,
             ..c
         }),
-        Step::EndChain | Step::Abandon { .. } => None,
-        Step::Rewrite | Step::CollectHistory => cursor,
+        Step::EndChain { .. } | Step::Abandon { .. } => None,
+        Step::Rewrite { .. } | Step::CollectHistory => cursor,
     }
 }
 
@@ -302,7 +433,10 @@ mod tests {
     #[test]
     fn a_new_chain_starts_with_a_fresh_snapshot() {
         let mut o = obs(manifest(1, &[1], &[]), &[(1, 500)]);
-        assert_eq!(next_steps(None, &o, 1 << 20), vec![Step::Rewrite]);
+        assert_eq!(
+            next_steps(None, &o, 1 << 20),
+            vec![Step::Rewrite { opens_incr: 2 }]
+        );
         // Waiting for the rewrite: nothing.
         o.rewrite_pending_from = Some(1);
         assert!(next_steps(None, &o, 1 << 20).is_empty());
@@ -316,7 +450,8 @@ mod tests {
                 Step::StartChain {
                     base_seq: 2,
                     base_file: "appendonly.aof.2.base.rdb".into(),
-                    first_incr: 2
+                    first_incr: 2,
+                    start_unix_ms: 0,
                 },
                 Step::UploadBase {
                     base_seq: 2,
@@ -332,7 +467,8 @@ mod tests {
                 base_seq: 2,
                 base_uploaded: true,
                 incr_seq: 2,
-                offset: 0
+                offset: 0,
+                covered_unix_ms: 0,
             }
         );
     }
@@ -344,6 +480,7 @@ mod tests {
             base_uploaded: true,
             incr_seq: 2,
             offset: 100,
+            ..Cursor::default()
         };
         let o = obs(manifest(2, &[2], &[]), &[(2, 100)]);
         assert!(next_steps(Some(&c), &o, 64).is_empty(), "idle: nothing");
@@ -366,6 +503,7 @@ mod tests {
             base_uploaded: true,
             incr_seq: 2,
             offset: 0,
+            ..Cursor::default()
         };
         let o = obs(manifest(2, &[2], &[]), &[(2, 50)]);
         let first = next_steps(Some(&c), &o, 1 << 20);
@@ -389,12 +527,16 @@ mod tests {
             base_uploaded: true,
             incr_seq: 2,
             offset: 80,
+            ..Cursor::default()
         };
         // Redis rewrote (by itself or for a snapshot): incr 2 is history, final at 120.
         let o = obs(manifest(3, &[3], &[2]), &[(2, 120), (3, 10)]);
         let steps = next_steps(Some(&c), &o, 1 << 20);
         assert_eq!(ships(&steps), vec![(2, 80, 120)]);
-        let end = steps.iter().position(|s| *s == Step::EndChain).unwrap();
+        let end = steps
+            .iter()
+            .position(|s| matches!(s, Step::EndChain { .. }))
+            .unwrap();
         let start = steps
             .iter()
             .position(|s| matches!(s, Step::StartChain { base_seq: 3, .. }))
@@ -418,6 +560,7 @@ mod tests {
             base_uploaded: true,
             incr_seq: 2,
             offset: 5,
+            ..Cursor::default()
         };
         let o = obs(manifest(2, &[2, 3], &[]), &[(2, 10), (3, 7)]);
         let steps = next_steps(Some(&c), &o, 1 << 20);
@@ -434,6 +577,7 @@ mod tests {
             base_uploaded: true,
             incr_seq: 2,
             offset: 100,
+            ..Cursor::default()
         };
         let o = obs(manifest(2, &[2], &[]), &[(2, 90)]);
         let steps = next_steps(Some(&c), &o, 1 << 20);
@@ -456,11 +600,161 @@ mod tests {
             base_uploaded: true,
             incr_seq: 2,
             offset: 10,
+            ..Cursor::default()
         };
         let mut o = obs(manifest(2, &[2], &[]), &[(2, 10)]);
         o.snapshot_due = true;
-        assert_eq!(next_steps(Some(&c), &o, 1 << 20), vec![Step::Rewrite]);
+        assert_eq!(
+            next_steps(Some(&c), &o, 1 << 20),
+            vec![Step::Rewrite { opens_incr: 3 }]
+        );
         o.rewrite_pending_from = Some(2);
         assert!(next_steps(Some(&c), &o, 1 << 20).is_empty());
+    }
+
+    fn at(mut o: Observed, unix_ms: u64, read_unix_ms: u64) -> Observed {
+        o.unix_ms = unix_ms;
+        o.read_unix_ms = read_unix_ms;
+        o
+    }
+
+    fn stamps(steps: &[Step]) -> Vec<u64> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Ship { unix_ms, .. } => Some(*unix_ms),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn end_and_start(steps: &[Step]) -> (Option<u64>, Option<u64>) {
+        let end = steps.iter().find_map(|s| match s {
+            Step::EndChain { unix_ms } => Some(*unix_ms),
+            _ => None,
+        });
+        let start = steps.iter().find_map(|s| match s {
+            Step::StartChain { start_unix_ms, .. } => Some(*start_unix_ms),
+            _ => None,
+        });
+        (end, start)
+    }
+
+    #[test]
+    fn stamps_end_markers_and_chain_starts_bound_the_switch_of_files() {
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 80,
+            covered_unix_ms: 10_000,
+        };
+        // A current observation: its segment holds every write acknowledged before 10_200,
+        // so it is stamped with the last millisecond before it.
+        let o = at(obs(manifest(2, &[2], &[]), &[(2, 100)]), 10_200, 10_201);
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert_eq!(stamps(&steps), vec![10_199]);
+        assert!(steps.contains(&Step::Covered { unix_ms: 10_200 }));
+        let c = run(Some(c), &steps).unwrap();
+        assert_eq!(c.covered_unix_ms, 10_200);
+        // Idle, later: still covered up to the new observation.
+        let o = at(obs(manifest(2, &[2], &[]), &[(2, 100)]), 10_250, 10_251);
+        let c = run(Some(c.clone()), &next_steps(Some(&c), &o, 1 << 20)).unwrap();
+        assert_eq!(c.covered_unix_ms, 10_250);
+
+        // BGREWRITEAOF sent at 10_300, started by 10_305 (opening incr 3). The next
+        // observation (10_500) finds base 3; incr 2 grew to 120 before the switch.
+        let sent = |reply| RewriteSent {
+            base_seq: 2,
+            sent_unix_ms: 10_300,
+            answered_unix_ms: 10_305,
+            reply,
+            opens_incr: 3,
+        };
+        let after = |rewrite_sent| Observed {
+            rewrite_sent,
+            ..at(
+                obs(manifest(3, &[3], &[2]), &[(2, 120), (3, 10)]),
+                10_500,
+                10_502,
+            )
+        };
+        let case = |rewrite_sent| {
+            let steps = next_steps(Some(&c), &after(rewrite_sent), 1 << 20);
+            let (end, start) = end_and_start(&steps);
+            (stamps(&steps), end.unwrap(), start.unwrap())
+        };
+        // Started: the switch is inside [10_300, 10_305]. The old chain's tail and end claim
+        // up to 10_299, the new chain starts at 10_305 — not 10_500, when it was seen.
+        assert_eq!(
+            case(Some(sent(RewriteReply::Started))),
+            (vec![10_299], 10_299, 10_305)
+        );
+        // Scheduled: after 10_300, but when is not known: the manifest read bounds it.
+        assert_eq!(
+            case(Some(sent(RewriteReply::Scheduled))),
+            (vec![10_299], 10_299, 10_502)
+        );
+        // Already running (or one redis started itself): it may have switched any time after
+        // the last observation shipped in full (10_250).
+        assert_eq!(
+            case(Some(sent(RewriteReply::AlreadyRunning))),
+            (vec![10_249], 10_249, 10_502)
+        );
+        assert_eq!(case(None), (vec![10_249], 10_249, 10_502));
+        // Ours started but failed, and another one made the base (its first incr is 4, not
+        // 3): our answer says nothing about when that one switched.
+        let mut o = after(Some(sent(RewriteReply::Started)));
+        o.manifest = manifest(4, &[4], &[2, 3]);
+        o.sizes = [(2, 120), (3, 30), (4, 5)].into_iter().collect();
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert_eq!(end_and_start(&steps), (Some(10_299), Some(10_502)));
+        // A BGREWRITEAOF sent on an older base says nothing about this chain's end.
+        let stale = RewriteSent {
+            base_seq: 1,
+            ..sent(RewriteReply::Started)
+        };
+        assert_eq!(case(Some(stale)).1, 10_249);
+    }
+
+    #[test]
+    fn a_slow_rewrite_ships_the_new_file_into_the_old_chain_until_the_base_changes() {
+        // During the rewrite redis lists incr 3 beside base 2: the old chain takes it (it
+        // holds the writes after the switch), and the observation covers the chain in full.
+        let c = Cursor {
+            base_seq: 2,
+            base_uploaded: true,
+            incr_seq: 2,
+            offset: 100,
+            covered_unix_ms: 10_000,
+        };
+        let o = at(
+            obs(manifest(2, &[2, 3], &[]), &[(2, 120), (3, 40)]),
+            10_400,
+            10_401,
+        );
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert_eq!(ships(&steps), vec![(2, 100, 120), (3, 0, 40)]);
+        assert_eq!(stamps(&steps), vec![10_399, 10_399]);
+        let c = run(Some(c), &steps).unwrap();
+        // The rewrite finishes: incr 3 belongs to base 3 now; the old chain ends where its
+        // last observation left it, later than the BGREWRITEAOF.
+        let o = Observed {
+            rewrite_sent: Some(RewriteSent {
+                base_seq: 2,
+                sent_unix_ms: 10_300,
+                answered_unix_ms: 10_302,
+                reply: RewriteReply::Started,
+                opens_incr: 3,
+            }),
+            ..at(
+                obs(manifest(3, &[3], &[2]), &[(2, 120), (3, 90)]),
+                10_600,
+                10_601,
+            )
+        };
+        let steps = next_steps(Some(&c), &o, 1 << 20);
+        assert!(ships(&steps).is_empty(), "{steps:?}");
+        assert_eq!(end_and_start(&steps), (Some(10_399), Some(10_302)));
     }
 }

@@ -16,7 +16,7 @@ use crate::backup::catalog::{ChainId, ObjectName};
 use crate::backup::format::Sealer;
 use crate::backup::keys::KeyRing;
 use crate::backup::now_ms;
-use crate::backup::plan::{self, Cursor, Observed, Step};
+use crate::backup::plan::{self, Cursor, Observed, RewriteReply, RewriteSent, Step};
 use crate::node::redis_client::AdminLink;
 use crate::store::Store;
 use anyhow::{Context, Result};
@@ -135,6 +135,7 @@ pub fn spawn(
                 chain: None,
                 epoch: None,
                 rewrite_pending_from: None,
+                rewrite_sent: None,
                 snapshot_requested: Vec::new(),
                 last_snapshot_ms: None,
                 failures: 0,
@@ -159,6 +160,8 @@ struct Shipper {
     /// The epoch the chain belongs to.
     epoch: Option<u64>,
     rewrite_pending_from: Option<u64>,
+    /// The clock around the last BGREWRITEAOF, until a chain starts (`plan::RewriteSent`).
+    rewrite_sent: Option<RewriteSent>,
     /// `backup now` callers waiting for the next snapshot.
     snapshot_requested: Vec<oneshot::Sender<Result<String, String>>>,
     last_snapshot_ms: Option<u64>,
@@ -285,7 +288,7 @@ impl Shipper {
                 return;
             }
             self.cursor = plan::advance(self.cursor.take(), &step);
-            if matches!(step, Step::EndChain | Step::Abandon { .. }) {
+            if matches!(step, Step::EndChain { .. } | Step::Abandon { .. }) {
                 self.chain = None;
             }
         }
@@ -303,6 +306,7 @@ impl Shipper {
         self.chain = None;
         self.epoch = None;
         self.rewrite_pending_from = None;
+        self.rewrite_sent = None;
     }
 
     fn failed(&mut self, e: String) {
@@ -427,6 +431,7 @@ impl Shipper {
                 sizes.insert(e.seq, m.len());
             }
         }
+        // After the reads: a switch of file the manifest shows came before this.
         let now = now_ms();
         let snapshot_due = !self.snapshot_requested.is_empty()
             || (self.cursor.is_some()
@@ -437,34 +442,55 @@ impl Shipper {
             rewrite_pending_from: self.rewrite_pending_from,
             snapshot_due,
             unix_ms: observed_at,
+            read_unix_ms: now,
+            rewrite_sent: self.rewrite_sent,
         })
     }
 
     async fn execute(&mut self, step: &Step, obs: &Observed) -> Result<()> {
         match step {
-            Step::Rewrite => {
+            Step::Rewrite { opens_incr } => {
                 let base = obs.manifest.base().map_or(0, |b| b.seq);
                 info!(base, "backup: asking redis for an AOF rewrite (a snapshot)");
+                // The clock on both sides of the command bounds when redis switched to a new
+                // incremental file: the old chain's end and the new chain's start.
+                let sent_unix_ms = now_ms();
                 let r = self
                     .admin
                     .query::<redis::Value>(&redis::cmd("BGREWRITEAOF"))
                     .await;
-                // One already running (e.g. redis's own) is as good as ours.
-                if let Err(e) = r {
-                    if !format!("{e:#}").contains("already in progress") {
-                        return Err(e.context("BGREWRITEAOF"));
+                let answered_unix_ms = now_ms();
+                let reply = match r {
+                    Ok(v) if format!("{v:?}").contains("scheduled") => RewriteReply::Scheduled,
+                    Ok(_) => RewriteReply::Started,
+                    // One already running (e.g. redis's own) is as good as ours.
+                    Err(e) if format!("{e:#}").contains("already in progress") => {
+                        RewriteReply::AlreadyRunning
                     }
-                }
+                    Err(e) => return Err(e.context("BGREWRITEAOF")),
+                };
+                self.rewrite_sent = Some(RewriteSent {
+                    base_seq: base,
+                    sent_unix_ms,
+                    answered_unix_ms,
+                    reply,
+                    opens_incr: *opens_incr,
+                });
                 self.rewrite_pending_from = Some(base);
                 self.status
                     .send_modify(|st| st.state = "snapshotting".into());
             }
-            Step::StartChain { base_seq, .. } => {
+            Step::StartChain {
+                base_seq,
+                start_unix_ms,
+                ..
+            } => {
                 let epoch = self.epoch.unwrap_or(0);
-                let id = ChainId::new(now_ms(), epoch, &self.s.node)?;
+                let id = ChainId::new(*start_unix_ms, epoch, &self.s.node)?;
                 info!(chain = %id, base = base_seq, "backup: new chain");
                 self.chain = Some(id);
                 self.rewrite_pending_from = None;
+                self.rewrite_sent = None;
             }
             Step::UploadBase { base_seq, file } => {
                 let chain = self.chain.clone().context("no chain")?;
@@ -500,6 +526,7 @@ impl Shipper {
                 file,
                 from,
                 to,
+                unix_ms,
             } => {
                 let chain = self.chain.clone().context("no chain")?;
                 let object = ObjectName::Segment {
@@ -507,9 +534,9 @@ impl Shipper {
                     incr_seq: *incr_seq,
                     offset: *from,
                     end: *to,
-                    // When `to` was observed, not now: the segment holds every write
-                    // acknowledged before that (a later stamp would overstate it).
-                    unix_ms: obs.unix_ms,
+                    // What the plan chose (module doc of `plan`), never now: a later stamp
+                    // would overstate what the segment holds.
+                    unix_ms: *unix_ms,
                 }
                 .path();
                 let mut sealer = Sealer::new(&object, &self.s.keys, self.s.zstd_level)?;
@@ -526,12 +553,12 @@ impl Shipper {
                 self.s.store.put(&object, Bytes::from(sealed)).await?;
                 self.uploaded(stored);
             }
-            Step::NextIncr { .. } => {}
-            Step::EndChain => {
+            Step::NextIncr { .. } | Step::Covered { .. } => {}
+            Step::EndChain { unix_ms } => {
                 if let Some(chain) = &self.chain {
                     let object = ObjectName::End {
                         chain: chain.clone(),
-                        unix_ms: now_ms(),
+                        unix_ms: *unix_ms,
                     }
                     .path();
                     let sealed = crate::backup::format::seal_all(
