@@ -690,3 +690,38 @@ fn two_data_stores_never_share_a_backup_location() {
     b.stop().unwrap();
     a.stop().unwrap();
 }
+
+/// Issue 13 item 2: a restarted agent waited for a whole new snapshot before it shipped any
+/// WAL, so every write since the start was unprotected for as long as a snapshot takes
+/// (seconds per GB). Now it goes on with its open chain: no new chain at the restart, the
+/// writes after it in the same chain's WAL right away, and the chain still whole.
+#[test]
+fn a_restart_goes_on_with_its_chain_without_a_new_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
+    write_key(&key);
+    let agent = agent_with_backups(&bucket, &key);
+    wait_snapshot(&agent, 0);
+    assert_eq!(agent.cmd(&["SET", "before", "1"]), "OK");
+    wait_wal(&agent);
+    let before = chains(&bucket);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    agent.stop().unwrap();
+    agent.start_healthy().unwrap();
+    assert_eq!(agent.cmd(&["SET", "after", "1"]), "OK");
+    wait_wal(&agent);
+    assert!(
+        agent
+            .log()
+            .contains("resuming this node's chain where it stopped"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(chains(&bucket), before, "a new chain at the restart");
+    assert_success(&cli(&agent, &["backup", "verify"]));
+    let restored = restore_newest(&bucket, &key, &tmp.path().join("restore"));
+    assert_eq!(restored.cmd(&["MGET", "before", "after"]), "1\n1");
+    drop(restored);
+    agent.stop().unwrap();
+}

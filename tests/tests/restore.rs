@@ -948,8 +948,9 @@ fn restore_at_every_second_across_a_snapshot_boundary() {
 /// Issue 13's property: write for a while with several snapshots and an agent restart in
 /// between, then restore every second from the oldest window's start to the newest window's
 /// end and compare with the writer's log. Seconds inside a window must restore every write
-/// answered by then and none sent after; seconds between windows (the restart) must be
-/// refused. Seeded: `PITR_SEED=<n>` replays the timing of a run.
+/// answered by then and none sent after; seconds between windows (if any) must be refused.
+/// The restart goes on with its chain (`backup::plan::resume`), so it opens no new window.
+/// Seeded: `PITR_SEED=<n>` replays the timing of a run.
 #[test]
 fn every_second_of_the_restorable_window_restores_exactly() {
     use rand::{Rng, SeedableRng};
@@ -988,7 +989,8 @@ fn every_second_of_the_restorable_window_restores_exactly() {
     agent.stop().unwrap();
 
     let w = windows(&bucket);
-    assert!(w.len() >= 5, "five chains or more: {w:?}");
+    // The first chain and one per snapshot; the restart resumed its chain.
+    assert!(w.len() >= 4, "four chains or more: {w:?}");
     let first = w.iter().map(|x| x.0).min().unwrap();
     let last = w.iter().map(|x| x.1).max().unwrap();
     let ts: BTreeSet<u64> = (first / 1000..=last.saturating_sub(999) / 1000).collect();

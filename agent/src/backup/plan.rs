@@ -325,6 +325,40 @@ fn start_chain(obs: &Observed, steps: &mut Vec<Step>) {
     }
 }
 
+/// Where a restarted shipper goes on with its own chain instead of waiting for a new
+/// snapshot, which left every write since the start unprotected for as long as a snapshot
+/// takes (seconds per GB). Only `chain` (the newest in the bucket) as it is listed: this
+/// node's and this epoch's, open (no end marker), whole (a base, nothing that breaks it), with
+/// WAL shipped; and only while redis's AOF still holds what was shipped: the same base file
+/// number, and the chain's last incremental file at least as long as what was uploaded of it.
+/// The shell still compares the last segment's bytes with the file before it resumes.
+pub fn resume<'c>(
+    chain: &'c crate::backup::catalog::Chain,
+    node: &str,
+    epoch: u64,
+    obs: &Observed,
+) -> Option<(Cursor, &'c crate::backup::catalog::Segment)> {
+    let base = chain.base.as_ref()?;
+    let last = chain.restore_path.last()?;
+    let whole = chain.end_markers.is_empty() && chain.breaks().next().is_none();
+    let ours = chain.id.node == node && chain.id.epoch == epoch;
+    let same_base = obs.manifest.base().is_some_and(|b| b.seq == base.seq);
+    let holds = obs
+        .sizes
+        .get(&last.incr_seq)
+        .is_some_and(|&len| len >= last.end);
+    (whole && ours && same_base && holds).then_some((
+        Cursor {
+            base_seq: base.seq,
+            base_uploaded: true,
+            incr_seq: last.incr_seq,
+            offset: last.end,
+            covered_unix_ms: last.unix_ms,
+        },
+        last,
+    ))
+}
+
 /// Where the cursor stands after `step` succeeded.
 pub fn advance(cursor: Option<Cursor>, step: &Step) -> Option<Cursor> {
     match step {
@@ -408,6 +442,85 @@ mod tests {
             sizes: sizes.iter().copied().collect(),
             ..Observed::default()
         }
+    }
+
+    #[test]
+    fn a_restart_resumes_only_its_own_open_whole_chain_that_redis_still_holds() {
+        use crate::backup::catalog::testkit::{base, end, id, seg, T0};
+        use crate::backup::catalog::Catalog;
+        let c = id(T0, 3, "node-a");
+        let listing = vec![
+            base(&c, 5, 100),
+            seg(&c, 5, 0, 400, T0 + 1000),
+            seg(&c, 5, 400, 900, T0 + 2000),
+        ];
+        let chain = |l: &[crate::backup::catalog::ListedObject]| {
+            Catalog::from_listing(l).chains.last().unwrap().clone()
+        };
+        let ch = chain(&listing);
+        let o = obs(manifest(5, &[5], &[]), &[(5, 950)]);
+        let (cursor, last) = resume(&ch, "node-a", 3, &o).expect("resumes");
+        assert_eq!(
+            cursor,
+            Cursor {
+                base_seq: 5,
+                base_uploaded: true,
+                incr_seq: 5,
+                offset: 900,
+                covered_unix_ms: T0 + 2000,
+            }
+        );
+        assert_eq!((last.offset, last.end), (400, 900));
+        // What is left to ship starts exactly there.
+        assert_eq!(
+            ships(&next_steps(Some(&cursor), &o, 1 << 20)),
+            [(5, 900, 950)]
+        );
+        // The file holds all that was shipped (a file exactly that long resumes too).
+        assert!(resume(&ch, "node-a", 3, &obs(manifest(5, &[5], &[]), &[(5, 900)])).is_some());
+        for (what, node, epoch, o) in [
+            ("another node's", "node-b", 3, o.clone()),
+            ("another epoch's", "node-a", 4, o.clone()),
+            (
+                "a new base",
+                "node-a",
+                3,
+                obs(manifest(6, &[6], &[]), &[(6, 10)]),
+            ),
+            (
+                "a shorter file",
+                "node-a",
+                3,
+                obs(manifest(5, &[5], &[]), &[(5, 899)]),
+            ),
+            (
+                "no such file",
+                "node-a",
+                3,
+                obs(manifest(5, &[7], &[]), &[(7, 5000)]),
+            ),
+        ] {
+            assert!(resume(&ch, node, epoch, &o).is_none(), "{what}");
+        }
+        let mut closed = listing.clone();
+        closed.push(end(&c, T0 + 3000));
+        assert!(
+            resume(&chain(&closed), "node-a", 3, &o).is_none(),
+            "a closed chain"
+        );
+        let gap = vec![
+            base(&c, 5, 100),
+            seg(&c, 5, 0, 400, T0 + 1000),
+            seg(&c, 5, 500, 900, T0 + 2000),
+        ];
+        assert!(
+            resume(&chain(&gap), "node-a", 3, &o).is_none(),
+            "a chain with a gap"
+        );
+        assert!(
+            resume(&chain(&listing[..1]), "node-a", 3, &o).is_none(),
+            "no WAL shipped"
+        );
     }
 
     /// Carry out `steps` as if every upload succeeded.

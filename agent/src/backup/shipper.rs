@@ -264,10 +264,14 @@ impl Shipper {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
+        let mut listed = None;
         if !self.owner_checked {
-            if let Err(e) = self.claim().await {
-                self.failed(format!("{e:#}"));
-                return;
+            match self.claim().await {
+                Ok(catalog) => listed = Some(catalog),
+                Err(e) => {
+                    self.failed(format!("{e:#}"));
+                    return;
+                }
             }
             self.owner_checked = true;
         }
@@ -278,6 +282,9 @@ impl Shipper {
                 return;
             }
         };
+        if let (Some(catalog), None) = (&listed, &self.cursor) {
+            self.try_resume(catalog, &obs, epoch).await;
+        }
         // Before any upload: a hung one must not hide the lag it causes.
         self.note_lag(&obs);
         let steps = plan::next_steps(self.cursor.as_ref(), &obs, MAX_SEGMENT);
@@ -695,7 +702,7 @@ impl Shipper {
     /// Before the first upload of a run: the location must hold this data store's backups
     /// only. An unclaimed one (empty, or written before owner markers) gets the marker; another
     /// data store's is refused, again at every retry, and nothing is written or pruned there.
-    async fn claim(&mut self) -> Result<()> {
+    async fn claim(&mut self) -> Result<crate::backup::catalog::Catalog> {
         use crate::backup::catalog::{Ownership, OWNER_PREFIX};
         let catalog = crate::backup::restore::catalog(&self.s.store).await?;
         if let Some(e) = catalog.refuse_foreign(&self.s.data_store, self.s.store.name()) {
@@ -710,7 +717,69 @@ impl Shipper {
                 "backup: claimed the backup location for this data store"
             );
         }
-        Ok(())
+        Ok(catalog)
+    }
+
+    /// After a restart, go on with this node's open chain when redis's AOF still continues it
+    /// ([`plan::resume`]) and the last segment shipped is byte for byte what the file holds
+    /// there (redis may have cut a torn tail at its start and written on over it).
+    async fn try_resume(
+        &mut self,
+        catalog: &crate::backup::catalog::Catalog,
+        obs: &Observed,
+        epoch: u64,
+    ) {
+        let Some(newest) = catalog.chains.last() else {
+            return;
+        };
+        let Some((cursor, last)) = plan::resume(newest, &self.s.node, epoch, obs) else {
+            return;
+        };
+        let same = async {
+            let file = obs
+                .manifest
+                .entries
+                .iter()
+                .find(|e| e.seq == last.incr_seq && e.is_incr_file())
+                .map(|e| e.file.clone())
+                .context("the chain's incremental file is not in the manifest")?;
+            let stored = self
+                .s
+                .store
+                .get(&last.path)
+                .await?
+                .with_context(|| format!("{} is gone", last.path))?;
+            let shipped = crate::backup::format::open_all(&last.path, &self.s.keys, &stored)?;
+            let mut local = Vec::with_capacity(shipped.len());
+            self.read_range(&file, last.offset, last.end, |piece| {
+                local.extend_from_slice(piece);
+                Ok(())
+            })
+            .await?;
+            anyhow::Ok(local == shipped)
+        };
+        match same.await {
+            Ok(true) => {
+                info!(
+                    chain = %newest.id,
+                    incr = cursor.incr_seq,
+                    offset = cursor.offset,
+                    "backup: resuming this node's chain where it stopped: no new snapshot needed"
+                );
+                self.chain = Some(newest.id.clone());
+                self.last_snapshot_ms = Some(newest.id.start_unix_ms);
+                self.cursor = Some(cursor);
+            }
+            Ok(false) => info!(
+                chain = %newest.id,
+                "backup: not resuming the chain: redis's AOF no longer holds what was shipped \
+                 last; a new chain starts with a snapshot"
+            ),
+            Err(e) => warn!(
+                chain = %newest.id,
+                "backup: not resuming the chain ({e:#}); a new chain starts with a snapshot"
+            ),
+        }
     }
 
     /// Apply the plan's retention; a failure is logged and retried after the next snapshot.
