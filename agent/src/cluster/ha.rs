@@ -592,7 +592,7 @@ impl Shell {
     /// redis's replication.
     async fn carry_out(&mut self, d: election::Decision) -> bool {
         if d.changed {
-            info!(epoch = self.node.published().epoch, "{}", d.reason);
+            info!(epoch = self.node.decision_epoch(), "{}", d.reason);
             self.status
                 .send_modify(|s| s.last_decision = d.reason.clone());
         } else {

@@ -1449,6 +1449,15 @@ impl Node {
         self.highest_claim().map_or(0, |(_, e)| e)
     }
 
+    /// The epoch a decision is about, for the log's `epoch` field: the one served or followed,
+    /// or the one of this node's vote (its own campaign's included) when that is higher. The
+    /// published epoch alone reads 0 all through an election.
+    pub fn decision_epoch(&self) -> u64 {
+        self.published()
+            .epoch
+            .max(self.durable.vote.as_ref().map_or(0, |v| v.epoch))
+    }
+
     /// The highest epoch anyone has mentioned: new campaigns start above it.
     fn max_known_epoch(&self) -> u64 {
         let mut max = self

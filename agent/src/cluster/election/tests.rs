@@ -213,6 +213,17 @@ fn elected(voters: &[&str]) -> (Node, u64) {
     (n, t)
 }
 
+#[test]
+fn the_log_epoch_is_the_one_the_election_is_about() {
+    // Campaigning with no primary: published epoch 0, the campaign's epoch 1 (issue 16: the
+    // log read `epoch=0` all through an election).
+    let (n, _) = candidate("n2", &["n1", "n2", "n3"]);
+    assert_eq!(n.published().epoch, 0);
+    assert_eq!(n.decision_epoch(), 1);
+    let (n, _) = elected(&["n1", "n2", "n3"]);
+    assert_eq!((n.published().epoch, n.decision_epoch()), (1, 1));
+}
+
 // ---- votes ------------------------------------------------------------------------------------
 
 #[test]
