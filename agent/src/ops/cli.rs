@@ -350,7 +350,6 @@ fn restore(
     target: Option<PathBuf>,
     force: bool,
 ) -> Result<()> {
-    use std::io::{IsTerminal, Write};
     let cfg = config::load(config)?;
     let at = at.map(crate::backup::restore::parse_time).transpose()?;
     let (store, keys) = backup_reader(&cfg)?;
@@ -359,16 +358,41 @@ fn restore(
         anyhow::bail!("not restoring: {e}");
     }
     let dir = target.unwrap_or_else(|| cfg.data_dir.clone());
-    crate::node::secrets::ensure_dir(&dir, 0o750)?;
+    // A failed restore leaves the target as it found it: no directory it created, no lock.
+    let dir_existed = dir.exists();
     let lock = crate::node::layout::Layout::new(&dir, &cfg.state_dir).lock_file();
-    let _lock = crate::node::lock::DataDirLock::acquire(&lock, &dir)?;
+    let lock_existed = lock.exists();
+    let result = restore_into(&store, &keys, at, &dir, &lock, force);
+    if result.is_err() {
+        if !lock_existed {
+            let _ = std::fs::remove_file(&lock);
+        }
+        if !dir_existed {
+            // Only if empty: the restore builds beside the target and moves in at the end.
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    result
+}
+
+fn restore_into(
+    store: &crate::store::Store,
+    keys: &crate::backup::keys::KeyRing,
+    at: Option<u64>,
+    dir: &std::path::Path,
+    lock: &std::path::Path,
+    force: bool,
+) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    crate::node::secrets::ensure_dir(dir, 0o750)?;
+    let _lock = crate::node::lock::DataDirLock::acquire(lock, dir)?;
     let tty = std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
     let restored = runtime()?.block_on(crate::backup::restore::restore(
-        &store,
-        &keys,
+        store,
+        keys,
         at,
-        &dir,
+        dir,
         force,
         |p| {
             if tty {
