@@ -1346,6 +1346,53 @@ impl Catalog {
 
     /// The `backup list` table: one line per chain, then the newest restorable point and the
     /// foreign objects.
+    /// `backup list --json`: every chain with its state, window and problems, the newest
+    /// restorable point (or why it is lost) and the owner markers. Stable field names; times
+    /// in unix ms and UTC text both.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let utc = |t: Option<u64>| t.map(format_utc);
+        let chains: Vec<serde_json::Value> = self
+            .chains
+            .iter()
+            .map(|c| {
+                let w = c.window;
+                json!({
+                    "chain": c.id.to_string(),
+                    "epoch": c.id.epoch,
+                    "node": c.id.node,
+                    "started_unix_ms": c.id.start_unix_ms,
+                    "state": if c.end_markers.is_empty() { "open" } else { "closed" },
+                    "base": c.base.as_ref().map(|b| json!({"seq": b.seq, "bytes": b.size})),
+                    "segments": c.segments.len(),
+                    "stored_bytes": c.total_bytes(),
+                    "restorable": c.restorable(),
+                    "oldest_restorable_unix_ms": w.map(|w| w.start_unix_ms),
+                    "newest_restorable_unix_ms": w.map(|w| w.end_unix_ms),
+                    "oldest_restorable": utc(w.map(|w| w.start_unix_ms)),
+                    "newest_restorable": utc(w.map(|w| w.end_unix_ms)),
+                    "newest_second": w.as_ref().and_then(newest_second),
+                    "problems": c.problems(),
+                    "broken": c.breaks().next().is_some(),
+                })
+            })
+            .collect();
+        let newest = match self.newest_point() {
+            Ok(c) => json!({
+                "chain": c.id.to_string(),
+                "unix_ms": c.window.map(|w| w.end_unix_ms),
+                "utc": utc(c.window.map(|w| w.end_unix_ms)),
+            }),
+            Err(e) => json!({ "error": e.to_string() }),
+        };
+        json!({
+            "owners": self.owners,
+            "foreign_objects": self.foreign.len(),
+            "newest_point": newest,
+            "chains": chains,
+        })
+    }
+
     pub fn render_table(&self) -> String {
         let header = [
             "CHAIN",
@@ -2210,6 +2257,34 @@ mod tests {
             ),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_json_listing_carries_state_windows_and_problems() {
+        let (listing, [a, _, c, d]) = history();
+        let j = Catalog::from_listing(&listing).to_json();
+        let chains = j["chains"].as_array().unwrap();
+        assert_eq!(chains.len(), 4);
+        let by = |id: &ChainId| {
+            chains
+                .iter()
+                .find(|x| x["chain"] == id.to_string())
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by(&a)["state"], "closed");
+        assert_eq!(by(&c)["state"], "open");
+        assert_eq!(by(&c)["restorable"], true);
+        assert!(by(&c)["newest_restorable_unix_ms"].as_u64().unwrap() > T0);
+        assert_eq!(by(&d)["restorable"], false);
+        assert_eq!(by(&d)["broken"], true);
+        assert!(by(&d)["problems"][0].as_str().unwrap().contains("base"));
+        // D lost its base: the newest point is lost, and says why.
+        assert!(j["newest_point"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be restored"));
+        assert_eq!(j["owners"], serde_json::json!([]));
     }
 
     #[test]

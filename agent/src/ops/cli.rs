@@ -242,6 +242,10 @@ enum BackupCmd {
         /// Configuration file (backup.url and its options).
         #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Print JSON for scripts: each chain's state (open/closed), base, segments, stored
+        /// bytes, oldest and newest restorable points, problems; the newest point; owners.
+        #[arg(long)]
+        json: bool,
     },
     /// Download and authenticate every object of one chain (or all), with the configured
     /// keys, and check the chains' continuity (a base, no WAL gap, an end marker after the
@@ -289,10 +293,14 @@ fn backup(action: BackupCmd) -> Result<()> {
                 Ok(())
             })
         }
-        BackupCmd::List { config } => {
+        BackupCmd::List { config, json } => {
             let (_, store) = open_store(&config)?;
             let cat = runtime()?.block_on(crate::backup::restore::catalog(&store))?;
-            print!("{}", cat.render_table());
+            if json {
+                println!("{:#}", cat.to_json());
+            } else {
+                print!("{}", cat.render_table());
+            }
             Ok(())
         }
         BackupCmd::Verify { config, chain } => {
