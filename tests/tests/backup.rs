@@ -162,7 +162,10 @@ fn round_trip_through(url: &str, options: &std::collections::BTreeMap<String, St
     let j: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(j["chains"][0]["state"], "open", "{j:#}");
     assert_eq!(j["owners"], serde_json::json!(["test-ds"]), "{j:#}");
-    assert!(j["newest_point"]["unix_ms"].as_u64().unwrap() >= started, "{j:#}");
+    assert!(
+        j["newest_point"]["unix_ms"].as_u64().unwrap() >= started,
+        "{j:#}"
+    );
     let restored = restore_newest_from(url, options, &key, &tmp.path().join("restore"));
     assert_eq!(restored.cmd(&["LLEN", "list"]), "100", "WAL incomplete");
     assert_eq!(restored.cmd(&["LINDEX", "list", "99"]), "99");

@@ -2,6 +2,7 @@
 //! local-folder bucket, `redis-steward restore` through the CLI, plain redis-servers started on
 //! what it rebuilt, and new machines taking a lost node's slot.
 
+use redis_steward::backup::catalog::format_utc;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -171,6 +172,27 @@ fn point_in_time_restores_and_every_refusal() {
         check_point_in_time(&writes, t, &have, &format!("chain {i}"));
     }
     let newest = second_inside(w[1]);
+
+    // A dry run names the chain, the objects and the point, and touches nothing.
+    let dry = tmp.path().join("dry-run-target");
+    let out = restore_cli(
+        &cfg,
+        &[
+            "--at",
+            &newest.to_string(),
+            "--target",
+            dry.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("would restore chain ") && said.contains("base-"),
+        "{said}"
+    );
+    assert!(said.contains(&format_utc(newest * 1000 + 999)), "{said}");
+    assert!(!dry.exists(), "a dry run created {}", dry.display());
 
     // The target holds data: refused, untouched; --force moves it aside.
     let dir = tmp.path().join("pitr-1");

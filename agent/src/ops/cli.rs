@@ -147,6 +147,10 @@ enum Cmd {
         /// Replace data already in the target (it is moved aside, not deleted).
         #[arg(long)]
         force: bool,
+        /// Show what the restore would do (the chain, every object and its size, the exact
+        /// point it reaches) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The fence guard the agent starts beside itself (internal; see ARCHITECTURE.md).
     #[command(hide = true)]
@@ -357,6 +361,7 @@ fn restore(
     at: Option<&str>,
     target: Option<PathBuf>,
     force: bool,
+    dry_run: bool,
 ) -> Result<()> {
     let cfg = config::load(config)?;
     let at = at.map(crate::backup::restore::parse_time).transpose()?;
@@ -364,6 +369,22 @@ fn restore(
     let cat = runtime()?.block_on(crate::backup::restore::catalog(&store))?;
     if let Some(e) = cat.refuse_foreign(&cfg.data_store_id, store.name()) {
         anyhow::bail!("not restoring: {e}");
+    }
+    if dry_run {
+        // Second T means everything redis ran up to T.999 (as the restore reads it).
+        let plan = cat.restore_plan(at.map(|s| s * 1000 + 999))?;
+        println!(
+            "would restore chain {} to {} ({} object(s), {} stored):",
+            plan.chain,
+            crate::backup::catalog::format_utc(plan.restores_to_unix_ms),
+            plan.objects().len(),
+            crate::backup::catalog::human_bytes(plan.total_bytes())
+        );
+        for (path, size) in plan.objects() {
+            println!("  {path}  {size} B");
+        }
+        println!("dry run: nothing was changed");
+        return Ok(());
     }
     let dir = target.unwrap_or_else(|| cfg.data_dir.clone());
     // A failed restore leaves the target as it found it: no directory it created, no lock.
@@ -469,7 +490,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             at,
             target,
             force,
-        } => restore(&config, at.as_deref(), target, force),
+            dry_run,
+        } => restore(&config, at.as_deref(), target, force, dry_run),
         Cmd::Status { config, api, json } => {
             let addr = api_addr(api, &config)?;
             let status = runtime()?.block_on(crate::ops::api::fetch_status(addr))?;
