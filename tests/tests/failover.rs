@@ -382,3 +382,38 @@ fn cutting_only_the_link_between_two_business_nodes_promotes_nobody() {
     );
     assert!(c.writable_primaries().len() == 1);
 }
+
+/// A replica cut off for a few seconds while the primary takes more writes than redis's
+/// default 1 MB backlog comes back with a partial resync, not a full one: the long nemesis
+/// campaign saw a replica loop through full syncs of its 180 MB for minutes (each one
+/// outlasted by more than a backlog of new writes). The agent sizes `repl-backlog-size`.
+#[test]
+fn a_replica_cut_off_briefly_catches_up_without_a_full_sync() {
+    let c = Arc::new(Cluster::start("premium").unwrap());
+    let p = c.wait_settled(Duration::from_secs(60)).unwrap();
+    let replica = (p + 1) % 3;
+    let value = "v".repeat(100_000);
+    assert_eq!(c.cli(p, &["SET", "warm", "1"]), "OK");
+    let full_syncs = |log: &str| log.matches("Full resync from master").count();
+    let before = full_syncs(&c.nodes[replica].log());
+    c.bed.isolate(replica).unwrap();
+    // 3 MB while it is away.
+    for i in 0..30 {
+        assert_eq!(c.cli(p, &["SET", &format!("big:{i}"), &value]), "OK");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    c.bed.heal(replica).unwrap();
+    c.wait_settled(Duration::from_secs(60)).unwrap();
+    let caught_up = steward_testbed::node::wait_for(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || (c.cli(replica, &["EXISTS", "big:29"]) == "1").then_some(()),
+    );
+    assert!(caught_up.is_some(), "the replica never caught up");
+    let log = c.nodes[replica].log();
+    assert_eq!(
+        full_syncs(&log),
+        before,
+        "a full sync after a 3-second cut; log:\n{log}"
+    );
+}
