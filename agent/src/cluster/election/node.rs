@@ -760,7 +760,10 @@ impl Node {
     /// Grants at most one vote per epoch, to the best live candidate at least as advanced as
     /// we are, and only if we would not keep a live primary of ours from being replaced.
     fn grant_vote(&mut self, out: &mut Out) {
-        if self.is_writable() || !self.redis.probed {
+        // A redis that does not answer (restarting, loading a large AOF) reports no offset:
+        // what it holds is unknown, so no candidate can be shown to hold at least as much. A
+        // vote then elected a candidate without writes this node had acknowledged.
+        if self.is_writable() || !self.redis.probed || !self.redis.healthy {
             return;
         }
         let now = self.now;

@@ -226,6 +226,31 @@ fn the_log_epoch_is_the_one_the_election_is_about() {
 
 // ---- votes ------------------------------------------------------------------------------------
 
+/// The long nemesis campaign lost WAIT-1-acknowledged writes in rolling restarts: a replica
+/// that held them restarted (its redis loading a large AOF, so probes failed and reported
+/// offset 0) and voted for a candidate that lacked them. A voter whose redis does not answer
+/// does not know what it holds: it votes for no one until redis answers again.
+#[test]
+fn a_voter_whose_redis_is_down_votes_for_no_one() {
+    let (mut n, t) = orphaned_voter();
+    let down = Event::RedisProbe {
+        healthy: false,
+        offset: 0,
+        upstream: None,
+    };
+    n.step(t + 5, down.clone());
+    // n3 campaigns with less than the 50 n2 held when its redis last answered.
+    let behind = peers(vec![view("n3", campaigning(t + 10, 2, pos(1, 40)))]);
+    let d = n.step(t + 10, behind.clone());
+    assert_eq!(voted(&d), None, "{}", d.reason);
+    let d = n.step(t + 20, down);
+    assert_eq!(voted(&d), None, "{}", d.reason);
+    // Back, with its 50: still no vote for 40.
+    n.step(t + 30, probe(50, None));
+    let d = n.step(t + 30, behind);
+    assert_eq!(voted(&d).map(|v| v.candidate), None, "{}", d.reason);
+}
+
 #[test]
 fn votes_at_most_once_per_epoch() {
     let (mut n, t) = orphaned_voter();
