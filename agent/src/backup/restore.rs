@@ -644,7 +644,8 @@ async fn build(
 /// if there were any and all could be filled.
 fn mend_holes(path: &Path) -> Result<bool> {
     let mut data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if crate::node::aof_repair::mend(&mut data).is_none() {
+    use crate::node::aof_repair::{mend, Mend};
+    if !matches!(mend(&mut data), Mend::Mended(_)) {
         return Ok(false);
     }
     std::fs::write(path, &data).with_context(|| format!("writing {}", path.display()))?;

@@ -341,8 +341,8 @@ impl Shipper {
     }
 
     /// Lag bookkeeping for one observation, published at once: WAL waiting now has waited
-    /// since the last observation that found none waiting.
-    fn note_lag(&mut self, obs: &Observed) {
+    /// since the last observation that found none waiting. Returns the bytes waiting.
+    fn note_lag(&mut self, obs: &Observed) -> u64 {
         let lag = plan::lag_bytes(self.cursor.as_ref(), obs);
         if lag == 0 {
             self.lag_since = None;
@@ -361,6 +361,7 @@ impl Shipper {
                 st.newest_restorable_unix_ms = newest;
             }
         });
+        lag
     }
 
     /// [`BackupStatus::newest_restorable_unix_ms`]: only once the chain has its base.
@@ -373,8 +374,7 @@ impl Shipper {
 
     /// Lag, spool alarm and state for status.
     fn report(&mut self, obs: &Observed) {
-        self.note_lag(obs);
-        let lag = plan::lag_bytes(self.cursor.as_ref(), obs);
+        let lag = self.note_lag(obs);
         let full = lag > self.s.spool_limit_bytes;
         if full
             && self
@@ -391,9 +391,6 @@ impl Shipper {
             );
             self.spool_warned_at = Some(Instant::now());
         }
-        let lag_seconds = self
-            .lag_since
-            .map_or(0, |t| now_ms().saturating_sub(t) / 1000);
         let (chain, failing) = (
             self.chain.as_ref().map(|c| c.to_string()),
             self.failures > 0,
@@ -407,7 +404,6 @@ impl Shipper {
         self.status.send_modify(|st| {
             st.wal_incr_seq = seq;
             st.wal_offset = offset;
-            st.lag_seconds = lag_seconds;
             st.spool_full = full;
             st.chain = chain;
             st.last_snapshot_unix_ms = self.last_snapshot_ms;

@@ -176,13 +176,34 @@ fn next_command(data: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
-/// Scans `data` and fills its holes in place: the holes, or None (nothing changed) when there
-/// are none or one cannot be filled.
-pub fn mend(data: &mut [u8]) -> Option<Vec<(usize, usize)>> {
-    let Scan::Holes(holes) = scan(data) else {
-        return None;
-    };
-    fill(data, &holes).then_some(holes)
+/// What [`mend`] did to a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mend {
+    Clean,
+    /// These `(offset, length)` holes were filled in place.
+    Mended(Vec<(usize, usize)>),
+    /// Damage not mended, nothing changed: the offset of the first bad byte and what is there.
+    Unmendable {
+        at: usize,
+        what: String,
+    },
+}
+
+/// Scans `data` and fills its holes in place (the one scan-then-fill the supervisor's
+/// [`repair_dir`] and restore's WAL use).
+pub fn mend(data: &mut [u8]) -> Mend {
+    match scan(data) {
+        Scan::Clean => Mend::Clean,
+        Scan::Damaged(at) => Mend::Unmendable {
+            at,
+            what: format!("not a command: {}", excerpt(data, at)),
+        },
+        Scan::Holes(holes) if fill(data, &holes) => Mend::Mended(holes),
+        Scan::Holes(holes) => Mend::Unmendable {
+            at: holes[0].0,
+            what: format!("a {}-byte NUL hole with no command after it", holes[0].1),
+        },
+    }
 }
 
 /// One file mended by [`repair_dir`].
@@ -223,21 +244,14 @@ pub fn repair_dir(aof_dir: &Path, keep_dir: &Path) -> Result<Vec<Outcome>> {
     for file in files {
         let mut mended =
             std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        let holes = match scan(&mended) {
-            Scan::Clean => continue,
-            Scan::Damaged(at) => {
-                let what = format!("not a command: {}", excerpt(&mended, at));
+        let holes = match mend(&mut mended) {
+            Mend::Clean => continue,
+            Mend::Unmendable { at, what } => {
                 outcomes.push(Outcome::Unmendable { file, at, what });
                 continue;
             }
-            Scan::Holes(holes) => holes,
+            Mend::Mended(holes) => holes,
         };
-        if !fill(&mut mended, &holes) {
-            let (at, len) = holes[0];
-            let what = format!("a {len}-byte NUL hole with no command after it");
-            outcomes.push(Outcome::Unmendable { file, at, what });
-            continue;
-        }
         std::fs::create_dir_all(keep_dir)
             .with_context(|| format!("creating {}", keep_dir.display()))?;
         let name = file.file_name().context("AOF file name")?;
@@ -353,7 +367,7 @@ mod tests {
             ] {
                 let holed = [a.clone(), vec![0; len], between.clone(), b.clone()].concat();
                 let mut d = holed.clone();
-                assert_eq!(mend(&mut d), Some(vec![(a.len(), len)]));
+                assert_eq!(mend(&mut d), Mend::Mended(vec![(a.len(), len)]));
                 assert_eq!(d.len(), holed.len(), "offsets after the header stay");
                 assert_eq!(scan(&d), Scan::Clean, "{:?}", String::from_utf8_lossy(&d));
                 let widened = format!("*{}3\r\n", "0".repeat(len));
@@ -372,7 +386,7 @@ mod tests {
         // Short and long holes in one file, each mended its way.
         let holed = [a.clone(), vec![0; 2], b.clone(), vec![0; 9], a.clone()].concat();
         let mut d = holed.clone();
-        assert!(mend(&mut d).is_some());
+        assert!(matches!(mend(&mut d), Mend::Mended(_)));
         assert_eq!(scan(&d), Scan::Clean);
         assert_eq!(d.len(), holed.len());
         // Nothing after a short hole to absorb it: left alone, unchanged.
@@ -382,7 +396,7 @@ mod tests {
         assert_eq!(d, before);
         let mut d = [a.clone(), vec![0; 1], b"hello".to_vec()].concat();
         assert_eq!(scan(&d), Scan::Damaged(a.len() + 1));
-        assert_eq!(mend(&mut d), None);
+        assert!(matches!(mend(&mut d), Mend::Unmendable { .. }));
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         maxmemory_mb,
         maxmemory_policy: &cfg.redis.maxmemory_policy,
         highly_available: cluster_key.is_some(),
-        keep_aof_history: cfg.backup.as_ref().is_some_and(|b| b.key_file.is_some()),
+        keep_aof_history: cfg.backups_enabled(),
     });
     write_file_atomic(&layout.redis_conf(), conf.as_bytes(), 0o600)?;
     let acl = redis_conf::render_acl(
