@@ -134,10 +134,12 @@ fn a_store_outage_loses_nothing_and_a_full_spool_is_loud() {
 
 /// A single node backing up to `url` (with object_store `options`) and restored from it:
 /// snapshot + WAL through a real object-store server.
-fn round_trip_through(url: &str, options: &std::collections::BTreeMap<String, String>) {
-    let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("backup.key");
-    write_key(&key);
+/// A node backing up to `url` with object-store `options`, sealing with `key`.
+fn spec_with_store(
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+    key: &Path,
+) -> NodeSpec {
     let toml_options: String = options
         .iter()
         .map(|(k, v)| format!("{k} = \"{v}\"\n"))
@@ -147,8 +149,15 @@ fn round_trip_through(url: &str, options: &std::collections::BTreeMap<String, St
         "\n[backup]\nurl = \"{url}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{toml_options}",
         key.display()
     );
+    spec
+}
+
+fn round_trip_through(url: &str, options: &std::collections::BTreeMap<String, String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("backup.key");
+    write_key(&key);
     let started = now_ms();
-    let agent = Agent::prepare(spec).unwrap();
+    let agent = Agent::prepare(spec_with_store(url, options, &key)).unwrap();
     agent.start_healthy().unwrap();
     wait_snapshot(&agent, started);
     for i in 0..100 {
@@ -533,18 +542,9 @@ fn a_hung_store_shows_its_lag_at_once_and_backup_now_says_why() {
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("backup.key");
     write_key(&key);
-    let options: String = moto
-        .options()
-        .iter()
-        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
-        .collect();
-    let mut spec = NodeSpec::new("node-1");
-    spec.extra = format!(
-        "\n[backup]\nurl = \"s3://backups/ds-1\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n\n[backup.options]\n{options}",
-        key.display()
-    );
     let started = now_ms();
-    let agent = Agent::prepare(spec).unwrap();
+    let agent =
+        Agent::prepare(spec_with_store("s3://backups/ds-1", &moto.options(), &key)).unwrap();
     agent.start_healthy().unwrap();
     wait_snapshot(&agent, started);
     assert_eq!(agent.cmd(&["SET", "before", "1"]), "OK");
@@ -623,14 +623,9 @@ fn two_data_stores_never_share_a_backup_location() {
     let tmp = tempfile::tempdir().unwrap();
     let (bucket, key) = (tmp.path().join("bucket"), tmp.path().join("backup.key"));
     write_key(&key);
-    let backup = format!(
-        "\n[backup]\nurl = \"file://{}\"\nkey_file = \"{}\"\nwal_interval_ms = 200\n",
-        bucket.display(),
-        key.display()
-    );
-    let mut spec = NodeSpec::new("node-1");
+    let url = format!("file://{}", bucket.display());
+    let mut spec = spec_with_store(&url, &Default::default(), &key);
     spec.data_store_id = "ds-a".into();
-    spec.extra = backup.clone();
     let started = now_ms();
     let a = Agent::prepare(spec).unwrap();
     a.start_healthy().unwrap();
@@ -640,10 +635,9 @@ fn two_data_stores_never_share_a_backup_location() {
     let a_chains = chains(&bucket);
     assert_eq!(a_chains.len(), 1, "{a_chains:?}");
 
-    let mut spec = NodeSpec::new("node-1");
+    let mut spec = spec_with_store(&url, &Default::default(), &key);
     spec.data_store_id = "ds-b".into();
     spec.plan = "hobbyist".into();
-    spec.extra = backup;
     let b = Agent::prepare(spec).unwrap();
     b.start().unwrap();
     let code = b.wait_exit(Duration::from_secs(30)).unwrap();
