@@ -48,6 +48,9 @@ pub struct HaConfig {
     pub data_store_id: String,
     /// Told of every promotion and demotion of this node.
     pub hook: Option<crate::cluster::hook::HookHandle>,
+    /// The data directory was empty at this start (restored, joined or started empty): the
+    /// data is not what [`Durable::offset`] describes.
+    pub data_replaced: bool,
 }
 
 /// What the HA loop knows, for status and the Sentinel-facing parts.
@@ -145,7 +148,11 @@ pub fn spawn(
     gossip: Gossip,
     redis: watch::Receiver<RedisState>,
 ) -> Result<(HaHandle, mpsc::Sender<HaCommand>)> {
-    let durable = load_durable(&cfg.durable_path)?;
+    let mut durable = load_durable(&cfg.durable_path)?;
+    if cfg.data_replaced {
+        durable.offset = 0;
+        durable.origin = false;
+    }
     let (command_tx, command_rx) = mpsc::channel(8);
     // Read before `start`, so deadlines converted from the election's clock err early.
     let start_mono_ns = crate::node::fence_guard::monotonic_ns();
@@ -421,6 +428,7 @@ impl Shell {
                 healthy: false,
                 offset: 0,
                 upstream: None,
+                run: 0,
             })
             .await;
         }
@@ -435,6 +443,7 @@ impl Shell {
                 healthy: false,
                 offset: 0,
                 upstream: None,
+                run: 0,
             }
         } else {
             match self
@@ -447,6 +456,7 @@ impl Shell {
                         healthy: true,
                         offset,
                         upstream,
+                        run: self.applied_pid.map_or(0, u64::from),
                     }
                 }
                 Err(e) => {
@@ -455,6 +465,7 @@ impl Shell {
                         healthy: false,
                         offset: 0,
                         upstream: None,
+                        run: 0,
                     }
                 }
             }
@@ -784,27 +795,16 @@ impl Shell {
         }
     }
 
-    /// Put a freshly (re)started redis back into the role the election gave it.
-    ///
-    /// A primary whose redis process crashed and came back serves its replicas again: redis
-    /// writes the AOF (to the page cache) before it answers a client, so a process crash loses
-    /// no acknowledged write and the replicas' full resync from it loses nothing either. (A
-    /// machine crash that could lose unsynced AOF also restarts the agent, which then starts
-    /// fenced and is not primary until elected again.)
+    /// Put a freshly (re)started redis back into the role the election gave it — except a
+    /// primary's: a restarted redis counts its replication offset from 0 again, so the
+    /// election gives up that epoch (`Node` sees the new pid in the next probe) and numbers the
+    /// new count with a new one. Until then redis stays the read-only replica it starts as.
     async fn apply_desired(&mut self) -> Result<()> {
         match self.desired.role.clone() {
-            Some(RedisRole::Primary { epoch }) => {
-                let writable = !self.desired.fenced;
-                self.promote(epoch).await?;
-                if writable {
-                    self.desired.fenced = false;
-                    self.open_writes().await;
-                }
-            }
             Some(RedisRole::Replica { host, port, epoch }) => {
                 self.follow(&host, port, epoch).await?
             }
-            Some(RedisRole::Detached) | None => {}
+            Some(RedisRole::Primary { .. } | RedisRole::Detached) | None => {}
         }
         Ok(())
     }
@@ -1127,6 +1127,8 @@ mod tests {
                 candidate: NodeId::new("b"),
             }),
             synced_epoch: 2,
+            offset: 1234,
+            origin: true,
         };
         save_durable(&p, &d).unwrap();
         assert_eq!(load_durable(&p).unwrap(), d);

@@ -123,7 +123,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         Some(b) => Some((b, crate::backup::restore::open_backups(b)?)),
         None => None,
     };
-    {
+    let data_replaced = {
         let mut notifier = Notifier::from_env();
         let source =
             backups.as_ref().map(
@@ -142,13 +142,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             |what| notifier.busy(what),
         )
         .await;
-        if let Err(e) = prepared {
-            if let Some(g) = &gossip {
-                g.initiate_shutdown();
+        match prepared {
+            // A decision is made only for an empty data directory.
+            Ok(decision) => decision.is_some(),
+            Err(e) => {
+                if let Some(g) = &gossip {
+                    g.initiate_shutdown();
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-    }
+    };
 
     let maxmemory_mb = cfg
         .redis
@@ -237,6 +241,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                 Joined {
                     gossip: gossip.take().expect("started with the cluster"),
                     key: cluster_key.expect("loaded with the cluster"),
+                    data_replaced,
                 },
                 &layout,
                 &secrets,
@@ -505,6 +510,8 @@ async fn start_gossip(
 struct Joined {
     gossip: crate::cluster::gossip::cluster::Gossip,
     key: [u8; 32],
+    /// The data directory was empty at this start.
+    data_replaced: bool,
 }
 
 async fn start_ha(
@@ -552,6 +559,7 @@ async fn start_ha(
             cluster_key: joined.key,
             data_store_id: cfg.data_store_id.clone(),
             hook,
+            data_replaced: joined.data_replaced,
         },
         joined.gossip,
         sup.state.clone(),

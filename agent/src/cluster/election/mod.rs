@@ -271,6 +271,16 @@ pub struct Durable {
     pub vote: Option<Vote>,
     /// The epoch of the primary whose data this node holds (the `epoch` of its [`Position`]).
     pub synced_epoch: u64,
+    /// Where that data stood in `synced_epoch`'s stream at the last healthy probe. A redis
+    /// that restarts (it loads its AOF) counts its replication offset from 0 again, with a new
+    /// replication id, whatever it holds; without this a restarted replica would vote for any
+    /// candidate of its epoch, one without the writes it had acknowledged included.
+    #[serde(default)]
+    pub offset: u64,
+    /// This node was the primary of `synced_epoch`: the stream its data comes from started
+    /// here, so it holds every other node's data of that epoch.
+    #[serde(default)]
+    pub origin: bool,
 }
 
 /// A node's role as it publishes it.
@@ -290,6 +300,11 @@ pub enum Role {
 pub struct Campaign {
     pub epoch: u64,
     pub position: Position,
+    /// The candidate was the primary of `position.epoch`, so its data holds every other
+    /// node's data of that epoch (a voter that knows only a lower bound of its own data can
+    /// still vote for it).
+    #[serde(default)]
+    pub origin: bool,
 }
 
 /// A voter's acknowledgement of the node it supports: "I received `primary`'s heartbeat
@@ -379,12 +394,15 @@ pub enum Event {
     Tick,
     /// The current gossip view of the other voters.
     Peers(Vec<PeerView>),
-    /// The node's own redis: `healthy` when it answers, its replication `offset`, and
-    /// `upstream` = the node it replicates from when the link is up (`master_link_status:up`).
+    /// The node's own redis: `healthy` when it answers, its replication `offset` as redis
+    /// reports it, `upstream` = the node it replicates from when the link is up
+    /// (`master_link_status:up`), and `run`, which tells one redis process from the next (its
+    /// pid): a restarted redis reports offset 0 whatever data it loaded.
     RedisProbe {
         healthy: bool,
         offset: u64,
         upstream: Option<NodeId>,
+        run: u64,
     },
     /// The object store answered a lease request.
     Lease(LeaseResult),

@@ -23,6 +23,9 @@ struct Peer {
     state: Option<PublishedState>,
     /// When (our clock) its heartbeat last changed: the last time we heard from it.
     heard_at: Option<u64>,
+    /// Our previous look at gossip: the news may have arrived any time after it (long before
+    /// `heard_at` if this agent was stopped in between).
+    heard_after: Option<u64>,
 }
 
 /// The node we acknowledge: the primary of the newest epoch we accept, or the candidate we
@@ -53,6 +56,7 @@ struct ActiveCampaign {
     /// the campaign by then (a slow fsync must not eat the election timeout).
     published_at: Option<u64>,
     position: Position,
+    origin: bool,
 }
 
 /// The lease store as this node last read it.
@@ -109,6 +113,21 @@ struct OwnRedis {
     baseline: Option<u64>,
     /// The newest epoch whose data we are known to hold.
     holds_epoch: u64,
+    /// The redis process our offsets come from (see `observe_redis`).
+    run: Option<u64>,
+    /// Added to the offset redis reports: where its count stands in the stream of the epoch
+    /// whose data it holds.
+    shift: u64,
+    /// Our position's offset at the last healthy probe.
+    held: u64,
+    /// When that probe was taken.
+    probed_at: u64,
+    /// Our redis restarted while this agent ran (not just at its start).
+    restarted: bool,
+    /// `offset` is exactly where our data stands. After a restart (of redis, or of the agent,
+    /// which restarts redis) it is only a lower bound: what redis received after our last
+    /// probe is not counted. Exact again once linked to an upstream or promoted.
+    exact: bool,
 }
 
 /// Actions and log-worthy notes gathered during one step.
@@ -165,6 +184,11 @@ pub struct Node {
     switchover: Option<Switchover>,
     /// The newest epoch this node handed over (or tried to): it never takes writes in it again.
     handed_over: u64,
+    /// Writes had stopped by then (our clock) when we last fenced: only a probe taken after it
+    /// shows our final data.
+    still_after: u64,
+    /// When we last looked at gossip (or started).
+    peers_seen_at: u64,
 }
 
 /// A switchover in progress on the primary.
@@ -225,6 +249,8 @@ impl Node {
             },
             switchover: None,
             handed_over: 0,
+            still_after: 0,
+            peers_seen_at: now_ms,
         })
     }
 
@@ -242,7 +268,8 @@ impl Node {
                 healthy,
                 offset,
                 upstream,
-            } => self.observe_redis(healthy, offset, upstream),
+                run,
+            } => self.observe_redis(healthy, offset, upstream, run),
             Event::Lease(result) => self.observe_lease(result, &mut out),
         }
         self.cycle(&mut out);
@@ -419,6 +446,7 @@ impl Node {
             campaign: self.campaign.map(|c| Campaign {
                 epoch: c.epoch,
                 position: c.position,
+                origin: c.origin,
             }),
             ack: self.ack(),
             handoff: self.handoff(),
@@ -439,6 +467,7 @@ impl Node {
     // ---- observing -------------------------------------------------------------------------
 
     fn observe_peers(&mut self, views: Vec<PeerView>) {
+        let before = std::mem::replace(&mut self.peers_seen_at, self.now);
         for view in views {
             if view.node == self.me || !self.voters.contains(&view.node) {
                 continue;
@@ -452,13 +481,19 @@ impl Node {
                     .is_none_or(|old| old.heartbeat != state.heartbeat)
                 {
                     peer.heard_at = Some(self.now);
+                    peer.heard_after = Some(before);
                 }
                 peer.state = Some(state);
             }
         }
     }
 
-    fn observe_redis(&mut self, healthy: bool, offset: u64, upstream: Option<NodeId>) {
+    fn observe_redis(&mut self, healthy: bool, reported: u64, upstream: Option<NodeId>, run: u64) {
+        let offset = if healthy {
+            self.continuous_offset(reported, upstream.as_ref(), run)
+        } else {
+            0
+        };
         if healthy {
             self.redis.unhealthy_since = None;
         } else if self.redis.unhealthy_since.is_none() {
@@ -492,7 +527,37 @@ impl Node {
         self.redis.probed = true;
         self.redis.healthy = healthy;
         self.redis.offset = offset;
+        if healthy {
+            self.redis.held = offset;
+            self.redis.probed_at = self.now;
+        }
         self.redis.upstream = upstream;
+    }
+
+    /// Turns the offset redis reports into our data's place in the stream of the epoch whose
+    /// data we hold. Redis counts from 0 again when it restarts (it loads its AOF and takes a
+    /// new replication id), though it holds all it held before — its process writes the AOF
+    /// before it answers, and a clean stop flushes it — so a new process resumes our count
+    /// where the last one stood (after the agent's own restart: where [`Durable::offset`]
+    /// kept it). Redis's own count is right again once it is linked to an upstream (a resync
+    /// adopts the upstream's count, and a primary's redis never restarts within its epoch:
+    /// see `check_demotion`) or once we are promoted (a new epoch counts as our redis does).
+    fn continuous_offset(&mut self, reported: u64, upstream: Option<&NodeId>, run: u64) -> u64 {
+        if self.redis.run != Some(run) {
+            let before = match self.redis.run {
+                Some(_) => self.redis.held,
+                None => self.durable.offset,
+            };
+            self.redis.restarted = self.redis.run.is_some();
+            self.redis.exact = self.durable.synced_epoch == 0;
+            self.redis.shift = before.saturating_sub(reported);
+            self.redis.run = Some(run);
+        }
+        if upstream.is_some() {
+            self.redis.shift = 0;
+            self.redis.exact = true;
+        }
+        reported + self.redis.shift
     }
 
     fn observe_lease(&mut self, result: LeaseResult, out: &mut Out) {
@@ -620,6 +685,12 @@ impl Node {
         if self.is_writable() {
             self.evidence_at = self.now;
         }
+        // Kept for a restart of the agent, when redis restarts with it and counts from 0.
+        if self.mode != Mode::Single && self.redis.healthy && self.durable.offset != self.redis.held
+        {
+            self.durable.offset = self.redis.held;
+            out.act(Action::Persist(self.durable.clone()));
+        }
         out.act(Action::Publish(self.published()));
     }
 
@@ -698,10 +769,20 @@ impl Node {
     }
 
     fn check_demotion(&mut self, out: &mut Out) {
+        let restarted = std::mem::take(&mut self.redis.restarted);
         let Some(p) = self.primary else {
             return;
         };
-        let why = if let Some((node, epoch)) = self.highest_claim().filter(|(_, e)| *e > p.epoch) {
+        let why = if restarted {
+            // Its count began again at 0: replicas that resync from it would count the same
+            // writes lower than replicas that have not yet, and an election comparing them
+            // could pick one without writes another holds. A new epoch numbers the new count.
+            format!(
+                "my redis restarted, so its replication stream starts again; only a new epoch \
+                 (not {}) may number it",
+                p.epoch
+            )
+        } else if let Some((node, epoch)) = self.highest_claim().filter(|(_, e)| *e > p.epoch) {
             format!(
                 "{node} is primary of epoch {epoch}, newer than my epoch {}",
                 p.epoch
@@ -788,7 +869,14 @@ impl Node {
             let fresh = self.live(peer);
             let streaming = self.streams_from(id, state);
             let handoff = self.handoff_to(id).is_some_and(|end| c.position >= end);
-            if c.epoch <= floor || !fresh || !(streaming || handoff || c.position >= mine) {
+            // Knowing only a lower bound of our data, of the candidates of our epoch only the
+            // primary it came from surely holds all of it. (A newer epoch's data beats ours
+            // whatever our offset, as in Raft's log comparison.)
+            let holds_mine = c.position >= mine
+                && (self.redis.exact
+                    || c.position.epoch > mine.epoch
+                    || (c.origin && c.position.epoch == mine.epoch));
+            if c.epoch <= floor || !fresh || !(streaming || handoff || holds_mine) {
                 continue;
             }
             // Peers iterate by name, so on equal positions the lowest name wins.
@@ -889,6 +977,7 @@ impl Node {
             started_at: self.now,
             published_at: None,
             position,
+            origin: self.durable.origin,
         });
         self.defer_since = None;
         out.note(format!(
@@ -1135,6 +1224,13 @@ impl Node {
 
     fn promote(&mut self, epoch: u64, lease_valid_until: u64, why: String, out: &mut Out) {
         self.durable.synced_epoch = epoch;
+        // The new epoch's stream counts as our redis does.
+        self.redis.offset = self.redis.offset.saturating_sub(self.redis.shift);
+        self.redis.held = self.redis.offset;
+        self.redis.shift = 0;
+        self.redis.exact = true;
+        self.durable.offset = self.redis.held;
+        self.durable.origin = true;
         out.act(Action::Persist(self.durable.clone()));
         out.act(Action::Promote { epoch });
         // The shell pauses writes on Promote: only an Unfence lifts it, even when this node
@@ -1208,6 +1304,8 @@ impl Node {
         let epoch = self.redis.holds_epoch;
         if epoch > self.durable.synced_epoch {
             self.durable.synced_epoch = epoch;
+            self.durable.offset = self.redis.held;
+            self.durable.origin = false;
             out.act(Action::Persist(self.durable.clone()));
             out.note(format!("now holding data of epoch {epoch}"));
         }
@@ -1244,6 +1342,9 @@ impl Node {
     }
 
     fn fence(&mut self, out: &mut Out) {
+        if self.fenced == Some(false) {
+            self.still_after = self.writes_end();
+        }
         if self.fenced != Some(true) {
             out.act(Action::Fence);
             self.fenced = Some(true);
@@ -1297,18 +1398,45 @@ impl Node {
     }
 
     fn position(&self) -> Position {
-        Position {
-            epoch: self.durable.synced_epoch,
-            offset: self.redis.offset,
+        let epoch = self.durable.synced_epoch;
+        let mut offset = self.redis.offset;
+        // The primary our data's stream came from holds every replica's data of its epoch
+        // (a process crash loses nothing: redis writes the AOF before it answers), so what
+        // they publish bounds its own data from below too.
+        if self.durable.origin && !self.redis.exact {
+            let theirs = self
+                .peers
+                .values()
+                .filter_map(|p| p.state.as_ref())
+                .filter(|s| s.position.epoch == epoch)
+                .map(|s| s.position.offset);
+            offset = theirs.fold(offset, u64::max);
         }
+        Position { epoch, offset }
     }
 
-    /// Our data cannot change: a fenced primary, or a replica detached from replication.
+    /// Our data cannot change: a fenced primary, or a replica detached from replication —
+    /// and our last probe was taken after the last write can have landed.
     fn position_final(&self) -> bool {
-        match self.primary {
+        let still = match self.primary {
             Some(_) => !self.is_writable(),
             None => self.replication == Replication::Detached,
-        }
+        };
+        let since = if self.fenced == Some(false) {
+            self.writes_end()
+        } else {
+            self.still_after
+        };
+        still && self.redis.probed_at >= since
+    }
+
+    /// When writes stop at the latest if we fence now: our `Fence` takes up to
+    /// `action_latency_ms`, and the shell's guard closes writes at the deadline of the last
+    /// `Unfence` by itself (within `guard_slack_ms` more). An agent that was paused meanwhile
+    /// holds a probe from before those last writes.
+    fn writes_end(&self) -> u64 {
+        let guard = self.write_until.saturating_add(self.t.guard_slack_ms);
+        self.now.min(guard).saturating_add(self.t.action_latency_ms)
     }
 
     /// We replicate from `node`, and `state` (the same snapshot as its campaign) shows it the
@@ -1392,9 +1520,19 @@ impl Node {
                 .is_some_and(|t| self.now - t < self.t.failover_timeout_ms)
     }
 
-    /// We, with the voters alive and heard within a failover timeout, are a majority.
+    /// We, with the voters alive and heard within a failover timeout, are a majority. What
+    /// we heard counts from the earliest it can have arrived: an agent resuming from a stop
+    /// finds gossip that came in before its node was cut off.
     fn hears_majority(&self) -> bool {
-        let heard = self.peers.values().filter(|p| self.live(p)).count();
+        let heard = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.alive
+                    && p.heard_after
+                        .is_some_and(|t| self.now - t < self.t.failover_timeout_ms)
+            })
+            .count();
         1 + heard > self.voters.len() / 2
     }
 

@@ -27,7 +27,10 @@
 //!    write lands on a primary the cluster has already replaced.
 //! 3. **Voters elect the most advanced**: when a node is promoted, its data position (epoch of
 //!    the stream it holds, offset) is at least that of every voter that voted for it, as the
-//!    voter's data was when it voted.
+//!    voter's data was when it voted — less the tail a crash's AOF loss took from the
+//!    candidate since its redis last synced (appendfsync everysec: a crashed node cannot know
+//!    it lost that unacknowledged tail, and still claims it, see [`Durable::offset`]).
+//!    Invariant 4 allows for nothing of the kind.
 //! 4. **No acknowledged write is lost**: a write counts as acknowledged once ⌊N/2⌋ replicas
 //!    hold it (`WAIT 1` with two or three nodes, `WAIT 2` with five), and every promoted node
 //!    must hold every acknowledged write. Acknowledged bytes are assumed fsynced (`WAITAOF`):
@@ -121,6 +124,19 @@ struct SimNode {
     /// Ground truth data position: (epoch of the stream the data comes from, offset).
     history: u64,
     offset: u64,
+    /// What redis itself reports is `offset - base`: a restarted redis (it loads its AOF)
+    /// starts counting from 0 with a new replication id, whatever data it holds, and a
+    /// replica adopts its upstream's counter with a full resync.
+    base: u64,
+    /// Redis's replication id lineage: a partial resync needs the upstream's; a restart
+    /// starts a new one, so the first sync after it is a full one.
+    lineage: u64,
+    /// The redis process (a new one after each restart).
+    run: u64,
+    /// Bytes its crashes' AOF losses took since its redis last synced from an upstream.
+    lost: u64,
+    /// Its redis outage ended while the agent was stopped: the agent restarts it on resuming.
+    restart_pending: bool,
     view: Vec<Option<Entry>>,
     view_dirty: bool,
     seq: u64,
@@ -271,6 +287,10 @@ pub(super) struct World {
     store: Store,
     faults: Vec<Fault>,
     promotions: BTreeMap<u64, (usize, u64)>,
+    /// Replication id lineages handed out so far.
+    lineages: u64,
+    /// Carrying out actions an agent decided before it stopped.
+    late: bool,
     /// The newest acknowledged write (see the module docs).
     acked: Position,
     votes: Vec<VoteRecord>,
@@ -311,6 +331,11 @@ impl World {
                 upstream: None,
                 history: 0,
                 offset: 0,
+                base: 0,
+                lineage: 0,
+                run: 0,
+                lost: 0,
+                restart_pending: false,
                 view: vec![None; n],
                 view_dirty: false,
                 seq: 0,
@@ -334,6 +359,8 @@ impl World {
             store: Store::default(),
             faults: Vec::new(),
             promotions: BTreeMap::new(),
+            lineages: 0,
+            late: false,
             acked: Position::default(),
             votes: Vec::new(),
             handoffs: Vec::new(),
@@ -428,11 +455,27 @@ impl World {
         }
     }
 
+    /// Redis stops answering; when it answers again it has restarted (loaded its AOF) and
+    /// counts its replication offset from 0 again.
     pub fn redis_down(&mut self, i: usize, down: bool) {
         if down {
             self.nodes[i].redis_down += 1;
+        } else if self.nodes[i].redis_down == 1 && self.nodes[i].agent_paused > 0 {
+            // The agent restarts redis: not while it is stopped itself.
+            self.nodes[i].restart_pending = true;
         } else {
             self.nodes[i].redis_down -= 1;
+            if self.nodes[i].redis_down == 0 {
+                self.lineages += 1;
+                let s = &mut self.nodes[i];
+                s.base = s.offset;
+                s.lineage = self.lineages;
+                s.run = self.lineages;
+                // Redis starts as a read-only replica; the shell makes it follow again but
+                // leaves a primary's redis fenced for the election to decide (a new epoch).
+                s.is_master = false;
+                s.unfenced = false;
+            }
         }
         self.update_accepting(i);
         self.check_writers(i);
@@ -522,7 +565,13 @@ impl World {
         } else {
             0
         };
+        let before = s.offset;
         s.offset = s.offset.saturating_sub(loss).max(keep);
+        s.lost += before - s.offset;
+        self.lineages += 1;
+        s.base = s.offset;
+        s.lineage = self.lineages;
+        s.run = self.lineages;
         s.unfenced = false;
         s.guard_fences_at = u64::MAX;
         // What the previous incarnation decided dies with it.
@@ -578,7 +627,7 @@ impl World {
         }
         // The shell probes its redis every tick; the probe is also the tick.
         let s = &self.nodes[i];
-        let (healthy, offset) = (s.redis_down == 0, s.offset);
+        let (healthy, offset, run) = (s.redis_down == 0, s.offset - s.base, s.run);
         let upstream = s.upstream.map(|u| self.nodes[u].id.clone());
         self.step(
             i,
@@ -586,6 +635,7 @@ impl World {
                 healthy,
                 offset,
                 upstream,
+                run,
             },
         );
     }
@@ -612,6 +662,7 @@ impl World {
             return;
         };
         let (history, offset) = (self.nodes[x].history, self.nodes[x].offset);
+        let (base, lineage) = (self.nodes[x].base, self.nodes[x].lineage);
         // Behind by a little while writes stream in; caught up once they stop (a fenced
         // primary's stream drains).
         let lag = if self.nodes[x].accepting {
@@ -620,12 +671,24 @@ impl World {
             0
         };
         let s = &mut self.nodes[i];
-        if s.history == history && s.offset <= offset {
-            s.offset = s.offset.max(offset - lag);
+        s.lost = 0;
+        // A full resync (another replication id, or data that is not a prefix of the
+        // upstream's) replaces the data with the upstream's snapshot and adopts its count; the
+        // snapshot holds at least a prefix we already had.
+        let prefix = s.history == history && s.offset <= offset;
+        let mut synced = if prefix {
+            s.offset.max(offset - lag)
         } else {
-            s.history = history;
-            s.offset = offset - lag;
+            offset - lag
+        };
+        if s.lineage != lineage || !prefix {
+            // The snapshot was taken after the upstream's redis last started.
+            synced = synced.max(base);
+            s.base = base;
+            s.lineage = lineage;
         }
+        s.history = history;
+        s.offset = synced;
     }
 
     /// Raises `acked` to what enough replicas of a master hold.
@@ -757,7 +820,7 @@ impl World {
             Action::Persist(durable) => {
                 if let Some(v) = durable.vote.as_ref() {
                     let changed = self.nodes[i].durable.vote.as_ref() != Some(v);
-                    if changed && v.candidate == self.nodes[i].id {
+                    if changed && v.candidate == self.nodes[i].id && !self.late {
                         self.check_campaign_heard(i, v.epoch);
                     }
                     if changed && v.candidate != self.nodes[i].id {
@@ -901,10 +964,14 @@ impl World {
             ));
             return;
         }
+        let claimed = Position {
+            epoch: mine.epoch,
+            offset: mine.offset + self.nodes[i].lost,
+        };
         if let Some(v) = self
             .votes
             .iter()
-            .find(|v| v.epoch == epoch && v.candidate == i && v.position > mine)
+            .find(|v| v.epoch == epoch && v.candidate == i && v.position > claimed)
         {
             let voter = &self.nodes[v.voter].id;
             self.fail(format!(
@@ -970,6 +1037,7 @@ impl World {
         s.following = None;
         s.epoch = epoch;
         s.history = epoch;
+        s.lost = 0;
     }
 
     fn update_accepting(&mut self, i: usize) {
@@ -1198,18 +1266,34 @@ impl World {
             self.nodes[i].agent_paused += 1;
             if self.nodes[i].agent_paused == 1 && self.rng.random_bool(0.5) {
                 if let Some(d) = self.decide(i, Event::Tick) {
+                    // Pre-vote is judged when the campaign is decided, not when its held
+                    // actions finally run.
+                    for action in &d.actions {
+                        if let Action::Persist(Durable { vote: Some(v), .. }) = action {
+                            let known = self.nodes[i].durable.vote.as_ref();
+                            if v.candidate == self.nodes[i].id && known != Some(v) {
+                                self.check_campaign_heard(i, v.epoch);
+                            }
+                        }
+                    }
                     self.nodes[i].held = d.actions;
                 }
             }
             return;
         }
         self.nodes[i].agent_paused -= 1;
+        if self.nodes[i].agent_paused == 0 && self.nodes[i].restart_pending {
+            self.nodes[i].restart_pending = false;
+            self.redis_down(i, false);
+        }
         if self.nodes[i].agent_paused > 0 || !self.nodes[i].up() {
             return;
         }
+        self.late = true;
         for action in std::mem::take(&mut self.nodes[i].held) {
             self.apply(i, action);
         }
+        self.late = false;
         self.update_accepting(i);
         self.check_writers(i);
         self.step(i, Event::Tick);

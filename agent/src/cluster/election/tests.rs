@@ -42,6 +42,7 @@ fn peers(views: Vec<PeerView>) -> Event {
 
 fn probe(offset: u64, upstream: Option<&str>) -> Event {
     Event::RedisProbe {
+        run: 1,
         healthy: true,
         offset,
         upstream: upstream.map(NodeId::from),
@@ -77,7 +78,11 @@ fn replica(heartbeat: u64, position: Position) -> PublishedState {
 
 fn campaigning(heartbeat: u64, epoch: u64, position: Position) -> PublishedState {
     PublishedState {
-        campaign: Some(Campaign { epoch, position }),
+        campaign: Some(Campaign {
+            epoch,
+            position,
+            origin: false,
+        }),
         ..replica(heartbeat, position)
     }
 }
@@ -185,6 +190,8 @@ fn candidate(me: &str, voters: &[&str]) -> (Node, u64) {
     assert!(has(&n.step(0, probe(0, None)), &Action::Detach));
     n.step(10, probe(0, None));
     let t = ft();
+    // Gossip counts from the look before it: the first look cannot be dated.
+    n.step(t - 100, peers(unhealthy_replicas(me, voters, t - 100)));
     n.step(t - 10, peers(unhealthy_replicas(me, voters, t - 10)));
     let d = n.step(t, probe(0, None));
     assert_eq!(
@@ -234,6 +241,7 @@ fn the_log_epoch_is_the_one_the_election_is_about() {
 fn a_voter_whose_redis_is_down_votes_for_no_one() {
     let (mut n, t) = orphaned_voter();
     let down = Event::RedisProbe {
+        run: 0,
         healthy: false,
         offset: 0,
         upstream: None,
@@ -491,6 +499,8 @@ fn a_restarted_node_starts_fenced_and_keeps_its_vote() {
             candidate: "n3".into(),
         }),
         synced_epoch: 1,
+        offset: 0,
+        origin: false,
     };
     let mut n = Node::new(config("n2", THREE), durable, 5_000).unwrap();
     let d = n.step(5_000, probe(50, None));
@@ -503,10 +513,18 @@ fn a_restarted_node_starts_fenced_and_keeps_its_vote() {
     assert_eq!(voted(&d), None, "{}", d.reason);
     let d = n.step(t, probe(50, None));
     assert_eq!(voted(&d), None, "{}", d.reason);
+    // Its redis restarted with it: 50 is only a lower bound of what it holds, so only the
+    // primary its data came from (which holds all of it) gets its vote.
     let d = n.step(
         t + 10,
         peers(vec![view("n1", campaigning(t + 10, 3, pos(1, 80)))]),
     );
+    assert_eq!(voted(&d), None, "{}", d.reason);
+    let mut origin = campaigning(t + 20, 3, pos(1, 80));
+    if let Some(c) = origin.campaign.as_mut() {
+        c.origin = true;
+    }
+    let d = n.step(t + 20, peers(vec![view("n1", origin)]));
     assert_eq!(
         voted(&d),
         Some(Vote {
@@ -516,6 +534,85 @@ fn a_restarted_node_starts_fenced_and_keeps_its_vote() {
         "{}",
         d.reason
     );
+}
+
+/// A redis restarted from its AOF reports replication offset 0 (and a new replication id)
+/// whatever it holds. A replica that took that for its position voted for a candidate
+/// without the writes it had acknowledged (the long nemesis campaign's rolling restarts).
+#[test]
+fn a_restarted_redis_counts_from_where_it_stood_and_votes_only_for_its_data_origin() {
+    let mut n = new_node("n2", THREE);
+    n.step(0, probe(0, None));
+    n.step(5, probe(0, None));
+    n.step(10, peers(vec![view("n1", primary(1, 10))]));
+    n.step(20, probe(0, None));
+    assert_eq!(n.published().primary, Some("n1".into()));
+    n.step(30, probe(500, Some("n1")));
+    n.step(40, probe(900, Some("n1")));
+    // Its redis restarts (a new pid) with the data at 900 and reports 0.
+    let restarted = || Event::RedisProbe {
+        run: 2,
+        healthy: true,
+        offset: 0,
+        upstream: None,
+    };
+    n.step(50, restarted());
+    assert_eq!(n.published().position, pos(1, 900));
+    assert_eq!(n.durable().offset, 900, "kept for the agent's own restart");
+    // The primary is gone; n3 runs with less. Before the fix: "its offset 600 of epoch 1 is
+    // at least my offset 0 of epoch 1".
+    let t = 50 + 2 * ft();
+    n.step(t, restarted());
+    let d = n.step(t, peers(vec![view("n3", campaigning(t, 2, pos(1, 600)))]));
+    assert_eq!(voted(&d), None, "{}", d.reason);
+    // Nor for one with more: 900 is a lower bound (redis may have received more after the
+    // last probe), so only the primary of epoch 1 surely holds it all.
+    let d = n.step(
+        t + 10,
+        peers(vec![view("n3", campaigning(t + 10, 2, pos(1, 950)))]),
+    );
+    assert_eq!(voted(&d), None, "{}", d.reason);
+    // The agent restarts too: the count resumes from what it kept.
+    let mut again = Node::new(config("n2", THREE), n.durable().clone(), 0).unwrap();
+    again.step(0, restarted());
+    assert_eq!(again.published().position, pos(1, 900));
+}
+
+/// A primary whose redis restarted holds every replica's data of its epoch (a process crash
+/// loses nothing), so it claims at least what they publish, and says it is their origin.
+#[test]
+fn a_restarted_primary_claims_at_least_what_its_replicas_hold_of_its_epoch() {
+    let durable = Durable {
+        vote: Some(Vote {
+            epoch: 1,
+            candidate: "n1".into(),
+        }),
+        synced_epoch: 1,
+        offset: 300,
+        origin: true,
+    };
+    let mut n = Node::new(config("n1", THREE), durable, 0).unwrap();
+    n.step(0, probe(0, None));
+    n.step(10, probe(0, None));
+    let t = 2 * ft();
+    n.step(
+        t - 100,
+        peers(vec![
+            view("n2", replica(t - 100, pos(1, 700))),
+            view("n3", replica(t - 100, pos(1, 650))),
+        ]),
+    );
+    let d = n.step(
+        t,
+        peers(vec![
+            view("n2", replica(t, pos(1, 700))),
+            view("n3", replica(t, pos(1, 650))),
+        ]),
+    );
+    assert_eq!(n.published().position, pos(1, 700), "{}", d.reason);
+    let d = n.step(t + 1, probe(0, None));
+    let c = n.published().campaign.expect(&d.reason);
+    assert!(c.origin && c.position == pos(1, 700), "{c:?}");
 }
 
 // ---- primaries and fencing --------------------------------------------------------------------
@@ -597,6 +694,8 @@ fn a_single_node_is_primary_of_epoch_one_or_its_persisted_epoch() {
                 candidate: "n1".into(),
             }),
             synced_epoch: persisted.unwrap_or(0),
+            offset: 0,
+            origin: false,
         };
         let mut n = Node::new(config("n1", &["n1"]), durable, 7).unwrap();
         let d = n.step(7, Event::Tick);
@@ -989,11 +1088,15 @@ fn scenario_losing_a_replica_or_the_two_node_link_changes_nothing() {
     }
 }
 
+/// A restarted redis counts its replication offset from 0 again: the primary gives up its
+/// epoch (its replicas would count the same writes lower once resynced) and is elected again
+/// in a new one, being the node with the most data.
 #[test]
-fn scenario_a_redis_restart_within_the_grace_causes_no_failover() {
+fn scenario_a_redis_restart_within_the_grace_makes_the_same_node_primary_of_a_new_epoch() {
     let grace = timing().primary_grace_ms;
     for (n, seed) in [(2, 10), (3, 11)] {
         let (mut world, primary) = bootstrapped(n, seed);
+        world.enable_trace();
         let promotions = world.promotions();
         world.redis_down(primary, true);
         world.run_for(grace / 2);
@@ -1002,13 +1105,19 @@ fn scenario_a_redis_restart_within_the_grace_causes_no_failover() {
         assert_eq!(world.writer(), Some(primary), "{n} nodes");
         assert_eq!(
             world.promotions(),
-            promotions,
-            "{n} nodes: nobody was promoted"
+            promotions + 1,
+            "{n} nodes: one new epoch, for the same node"
         );
         // A redis that stays down does cause a failover.
         world.redis_down(primary, true);
-        let (new, _) = world.run_until_writer(grace + 3_000).expect("fails over");
-        assert_ne!(new, primary);
+        let (new, _) = world.run_until_writer(grace + 13_000).unwrap_or_else(|| {
+            panic!(
+                "{n} nodes: no failover: {:?}\n{}",
+                world.violation(),
+                world.trace()
+            )
+        });
+        assert_ne!(new, primary, "{}", world.trace());
         assert_eq!(world.violation(), None);
     }
 }
@@ -1183,11 +1292,13 @@ fn a_node_that_hears_no_majority_starts_no_campaign() {
         n.step(0, probe(0, None));
         n.step(10, probe(0, None));
         let t = ft();
-        let mut views = unhealthy_replicas("n1", voters, t - 10);
-        for v in &mut views[heard..] {
-            v.alive = false;
+        for at in [t - 100, t - 10] {
+            let mut views = unhealthy_replicas("n1", voters, at);
+            for v in &mut views[heard..] {
+                v.alive = false;
+            }
+            n.step(at, peers(views));
         }
-        n.step(t - 10, peers(views));
         let d = n.step(t, probe(0, None));
         assert_eq!(
             voted(&d).is_some(),
