@@ -378,7 +378,10 @@ fn master_reply(view: &SentinelView, ep: &Endpoint) -> Value {
         ("name", view.master_name.clone()),
         ("ip", ep.ip.clone()),
         ("port", ep.port.to_string()),
-        ("runid", String::new()),
+        (
+            "runid",
+            run_id_of(&view.master_name, &ep.ip, ep.port, view.epoch),
+        ),
         ("flags", flags.into()),
         ("link-pending-commands", "0".into()),
         ("link-refcount", "1".into()),
@@ -398,13 +401,21 @@ fn master_reply(view: &SentinelView, ep: &Endpoint) -> Value {
     ])
 }
 
-fn replica_reply(r: &ReplicaEntry, primary: &Endpoint) -> Value {
+/// A 40-hex run id for a redis this view names (Sentinel reports the server's own INFO
+/// `run_id`, which clients may compare to notice a new server): stable for one server in one
+/// epoch, new when the primary changes.
+fn run_id_of(master: &str, ip: &str, port: u16, epoch: u64) -> String {
+    let digest = Sha256::digest(format!("{master}/{ip}:{port}/{epoch}").as_bytes());
+    hex::encode(digest)[..40].to_string()
+}
+
+fn replica_reply(r: &ReplicaEntry, primary: &Endpoint, epoch: u64) -> Value {
     let flags = if r.up { "slave" } else { "s_down,slave" };
     Value::string_map(&[
         ("name", addr_name(&r.ip, r.port)),
         ("ip", r.ip.clone()),
         ("port", r.port.to_string()),
-        ("runid", String::new()),
+        ("runid", run_id_of("", &r.ip, r.port, epoch)),
         ("flags", flags.into()),
         ("link-pending-commands", "0".into()),
         ("link-refcount", "1".into()),
@@ -1101,9 +1112,12 @@ fn sentinel_command(
         ("get-master-addr-by-name", None) => Value::NullArray,
         (_, None) => no_such_master(),
         ("master", Some(p)) => master_reply(&view, p),
-        ("replicas" | "slaves", Some(p)) => {
-            Value::Array(view.replicas.iter().map(|r| replica_reply(r, p)).collect())
-        }
+        ("replicas" | "slaves", Some(p)) => Value::Array(
+            view.replicas
+                .iter()
+                .map(|r| replica_reply(r, p, view.epoch))
+                .collect(),
+        ),
         ("sentinels", Some(_)) => Value::Array(view.sentinels.iter().map(sentinel_reply).collect()),
         ("ckquorum", Some(_)) => ckquorum_reply(&view),
         _ => no_such_master(),
@@ -1747,6 +1761,15 @@ mod tests {
         };
         let m = decode(&run(&mut s2, &down, "SENTINEL master ds1"));
         assert_eq!(field(&m, "flags"), "s_down,o_down,master");
+        // A run id like redis's (it was empty), new with a new primary.
+        let id = field(&m, "runid");
+        assert!(
+            id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id:?}"
+        );
+        let next = SentinelView { epoch: 4, ..view() };
+        let m2 = decode(&run(&mut s2, &next, "SENTINEL master ds1"));
+        assert_ne!(field(&m2, "runid"), id);
     }
 
     #[test]

@@ -132,8 +132,15 @@
 //!
 //! # Restarts
 //!
-//! Only [`Durable`] survives (the last vote and the epoch of the data held); the shell writes
-//! it before carrying out anything after a `Persist`. A restarted node fences its redis first
+//! Only [`Durable`] survives (the last vote, the epoch of the data held and where that data
+//! stood in its stream); the shell writes it before carrying out anything after a `Persist`.
+//! A restarted redis reports offset 0 whatever it holds, so the node resumes the count where
+//! the last redis process stood (the probe's `run` tells processes apart). That count is a
+//! lower bound (redis may have received more after the last probe): until its redis links to
+//! an upstream the node votes only for a newer epoch's data or for the primary its data came
+//! from ([`Campaign::origin`]), which claims at least what its replicas publish. A primary
+//! whose redis restarted gives up its epoch, since its replicas that resync count the same
+//! writes lower than those that have not. A restarted node fences its redis first
 //! (it may still be a writable primary from before), detaches it from replication (it must
 //! hold only data from streams it chose), waits a failover timeout before helping replace
 //! anyone, never runs again in an epoch it already voted in, and never resumes an old
@@ -181,8 +188,8 @@
 //!    of the followed epoch, and a node serves replicas only between `Promote` and `Demote` or
 //!    a restart (else a replica can silently take a new epoch's data, or a primary back from a
 //!    crash with fewer writes can wipe its replicas by a full resync);
-//! 4. starts redis fenced and without `replicaof`, re-applies the fence state after every
-//!    redis restart, and lets redis die with the agent (the agent owns it as a child; e.g.
+//! 4. starts redis fenced and without `replicaof`, re-applies a replica's `Follow` after every
+//!    redis restart (a primary's redis stays fenced: the node gives up that epoch), and lets redis die with the agent (the agent owns it as a child; e.g.
 //!    `PR_SET_PDEATHSIG`), since an agent that is gone cannot fence;
 //! 5. uses a store whose create-only put is atomic and whose reads are linearizable (S3, GCS,
 //!    Azure, the local folder; not s3rver or s3s-fs), and copies `asked_at` / `heartbeat` from
