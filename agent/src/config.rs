@@ -149,6 +149,7 @@ struct RawAccess {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     listen: Option<String>,
+    public_listen: Option<String>,
 }
 
 /// The validated configuration of one agent.
@@ -373,7 +374,12 @@ impl AccessConfig {
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// Every endpoint, the mutating ones (`POST /switchover`, `POST /backup`) included: on
+    /// loopback only, since they have no authentication.
     pub listen: SocketAddr,
+    /// Read-only endpoints only (status, metrics, the health checks), for a load balancer or
+    /// a Prometheus server on another machine.
+    pub public_listen: Option<SocketAddr>,
 }
 
 /// Read and validate a config file.
@@ -508,12 +514,39 @@ impl RawConfig {
                 .unwrap_or(DEFAULT_API_LISTEN)
                 .parse()
                 .map_err(|e| err("api.listen", format!("expected IP:PORT: {e}")))?,
+            public_listen: self
+                .api
+                .public_listen
+                .as_deref()
+                .map(|a| a.parse())
+                .transpose()
+                .map_err(|e| err("api.public_listen", format!("expected IP:PORT: {e}")))?,
         };
+        if !api.listen.ip().is_loopback() {
+            return Err(err(
+                "api.listen",
+                format!(
+                    "{} is not a loopback address: it would open POST /switchover and POST \
+                     /backup, which have no authentication, to the network; keep it on \
+                     127.0.0.1 and put what other machines may read (status, metrics, health \
+                     checks) on api.public_listen",
+                    api.listen
+                ),
+            ));
+        }
         if api.listen.port() == redis.port {
             return Err(err(
                 "api.listen",
                 "must not use the same port as redis.port",
             ));
+        }
+        if let Some(public) = api.public_listen {
+            if public.port() == redis.port || public.port() == api.listen.port() {
+                return Err(err(
+                    "api.public_listen",
+                    "must not use the port of redis.port or api.listen",
+                ));
+            }
         }
         let backup = self.backup.map(RawBackup::build).transpose()?;
         let sentinel = SentinelConfig {
@@ -522,7 +555,11 @@ impl RawConfig {
                 self.sentinel.port.unwrap_or(DEFAULT_SENTINEL_PORT as i64),
             )?,
         };
-        if sentinel.port == redis.port || sentinel.port == api.listen.port() {
+        let public_port = api.public_listen.map(|a| a.port());
+        if sentinel.port == redis.port
+            || sentinel.port == api.listen.port()
+            || Some(sentinel.port) == public_port
+        {
             return Err(err(
                 "sentinel.port",
                 "must differ from redis.port and the port of api.listen",
@@ -1078,6 +1115,10 @@ password = "correct-horse"
             ),
             (base() + "[api]\nlisten = \"localhost\"\n", "api.listen"),
             (base() + "[api]\nlisten = \"127.0.0.1:6380\"\n", "api.listen"),
+            // The mutating endpoints have no authentication: never on the network.
+            (base() + "[api]\nlisten = \"0.0.0.0:7480\"\n", "api.listen"),
+            (base() + "[api]\npublic_listen = \"0.0.0.0:6380\"\n", "api.public_listen"),
+            (base() + "[api]\npublic_listen = \"10.0.0.1\"\n", "api.public_listen"),
         ];
         for (text, key) in cases {
             let e = parse_err(&text);

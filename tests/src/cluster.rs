@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 pub const REDIS_PORT: u16 = 6380;
 pub const GOSSIP_PORT: u16 = 7946;
 pub const SENTINEL_PORT: u16 = 26379;
+/// Every node's read-only API (`api.public_listen`) on its own address: what a load balancer checks.
+pub const PUBLIC_API_PORT: u16 = 7481;
 
 pub struct Cluster {
     // Field order is drop order: agents stop before their namespaces go.
@@ -189,6 +191,7 @@ impl Cluster {
         spec.port = REDIS_PORT;
         spec.sentinel_port = SENTINEL_PORT;
         spec.memory_limit_mb = Some(1024);
+        spec.public_api = Some(format!("{}:{PUBLIC_API_PORT}", self.node_ip(i)));
         spec.extra = self.cluster_toml(i);
         let mut agent = Agent::prepare(spec)?.in_netns(&self.bed.host(self.node_hosts[i]).name);
         if let Some(mb) = self.data_disk_mb {

@@ -121,6 +121,8 @@ pub struct NodeSpec {
     pub scripting: bool,
     pub memory_limit_mb: Option<u64>,
     pub allowed_cidrs: Option<Vec<String>>,
+    /// `api.public_listen` (read-only endpoints on a network address).
+    pub public_api: Option<String>,
     /// Extra TOML appended verbatim (for tests of config handling).
     pub extra: String,
 }
@@ -138,6 +140,7 @@ impl NodeSpec {
             scripting: true,
             memory_limit_mb: Some(4096),
             allowed_cidrs: None,
+            public_api: None,
             extra: String::new(),
         }
     }
@@ -158,6 +161,9 @@ impl NodeSpec {
             t += &format!("memory_limit_mb = {mb}\n");
         }
         t += &format!("\n[api]\nlisten = \"127.0.0.1:{}\"\n", self.api_port);
+        if let Some(a) = &self.public_api {
+            t += &format!("public_listen = \"{a}\"\n");
+        }
         t += &format!("\n[sentinel]\nport = {}\n", self.sentinel_port);
         if let Some(c) = &self.allowed_cidrs {
             let list: Vec<String> = c.iter().map(|s| format!("\"{s}\"")).collect();
@@ -314,6 +320,16 @@ impl Agent {
             Some(ns) if !Path::new("/run/netns").join(ns).exists() => None,
             Some(ns) => crate::netns::run_in_netns(ns, || http_get(addr, path).ok()),
             None => http_get(addr, path).ok(),
+        }
+    }
+
+    /// GET a path from the agent's API: its status code and body (None: no answer).
+    pub fn api_call(&self, path: &str) -> Option<(u16, String)> {
+        let addr = self.api_addr();
+        match &self.netns {
+            Some(ns) if !Path::new("/run/netns").join(ns).exists() => None,
+            Some(ns) => crate::netns::run_in_netns(ns, || http_call(addr, path).ok()),
+            None => http_call(addr, path).ok(),
         }
     }
 
@@ -640,6 +656,14 @@ pub fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
 
 /// A tiny HTTP/1.0 GET (the agent's API is plain HTTP on loopback).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    match http_call(addr, path)? {
+        (200, body) => Ok(body),
+        (code, _) => bail!("HTTP {code}"),
+    }
+}
+
+/// A tiny HTTP/1.0 GET: the status code and the body.
+pub fn http_call(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -648,10 +672,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let (head, body) = buf
         .split_once("\r\n\r\n")
         .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("HTTP {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_string())
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP status line")?;
+    Ok((code, body.to_string()))
 }
 
 /// Run the agent binary with arguments and collect its output (for CLI tests).

@@ -476,3 +476,59 @@ fn a_restarted_replica_keeps_its_place_in_the_stream() {
     let report = checkers.finish();
     settle_and_check(&c, &report);
 }
+
+/// What each node's `/primary` and `/replica` answer (status codes).
+fn health_codes(c: &Cluster) -> Vec<(Option<u16>, Option<u16>)> {
+    (0..c.nodes.len())
+        .map(|i| {
+            let code = |p: &str| c.nodes[i].api_call(p).map(|(code, _)| code);
+            (code("/primary"), code("/replica"))
+        })
+        .collect()
+}
+
+/// Load balancers follow the primary through HTTP checks with Patroni's semantics: exactly
+/// the writable primary answers `/primary` 200 (never two nodes, also during a failover),
+/// linked replicas answer `/replica` 200, and after the primary dies the new one takes over.
+#[test]
+fn health_checks_name_exactly_the_writable_primary_through_a_failover() {
+    let mut c = Cluster::start("premium").unwrap();
+    let p = c.wait_settled(Duration::from_secs(60)).unwrap();
+    let codes = health_codes(&c);
+    for (i, (primary, replica)) in codes.iter().enumerate() {
+        let want = if i == p {
+            (Some(200), Some(503))
+        } else {
+            (Some(503), Some(200))
+        };
+        assert_eq!(
+            (*primary, *replica),
+            want,
+            "node {i} of {codes:?}; logs:\n{}",
+            c.logs()
+        );
+    }
+    let (code, body) = c.nodes[(p + 1) % 3].api_call("/replica?lag=1GB").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = c.nodes[(p + 1) % 3].api_call("/replica?lag=lots").unwrap();
+    assert!(
+        code == 400 && body.contains("expected a number"),
+        "{code} {body}"
+    );
+    for path in ["/health", "/liveness", "/readiness"] {
+        assert_eq!(c.nodes[p].api_call(path).map(|r| r.0), Some(200), "{path}");
+    }
+    c.kill_node(p).unwrap();
+    // Until and after the new primary takes over, never two nodes answer /primary 200.
+    let new =
+        steward_testbed::node::wait_for(Duration::from_secs(20), Duration::from_millis(20), || {
+            let up: Vec<usize> = (0..3)
+                .filter(|&i| i != p)
+                .filter(|&i| c.nodes[i].api_call("/primary").map(|r| r.0) == Some(200))
+                .collect();
+            assert!(up.len() <= 1, "two nodes answer /primary: {up:?}");
+            up.first().copied()
+        });
+    let new = new.expect("a new primary answers /primary");
+    assert_eq!(c.primary(), Some(new));
+}

@@ -1,9 +1,11 @@
 //! The agent's local HTTP API (loopback by default): `GET /status` (JSON), `GET /metrics`
-//! (Prometheus text) and `GET /healthz` read the parts' snapshots; `POST /switchover` and
+//! (Prometheus text) and the health checks (`/primary`, `/replica`, `/health`, `/liveness`,
+//! `/readiness`; `/healthz` is `/health`, see `ops::health`) read the parts' snapshots; `POST /switchover` and
 //! `POST /backup` send an intent to the election loop or the backup shipper and wait for its
 //! answer, never acting here themselves.
 
 use crate::node::supervisor::RedisState;
+use crate::ops::health;
 use crate::ops::metrics::Metrics;
 use crate::ops::status::{self, NodeStatus, StaticInfo};
 use anyhow::{bail, Context, Result};
@@ -67,14 +69,29 @@ impl ApiState {
     }
 }
 
+/// Every endpoint: for `api.listen` (loopback only, see `config`).
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/status", get(get_status))
-        .route("/metrics", get(get_metrics))
-        .route("/healthz", get(get_health))
+    read_only(Router::new())
         .route("/switchover", axum::routing::post(post_switchover))
         .route("/backup", axum::routing::post(post_backup))
         .with_state(state)
+}
+
+/// The endpoints that change nothing: for `api.public_listen`, which other machines reach
+/// (a load balancer's health checks, a Prometheus server).
+pub fn public_router(state: Arc<ApiState>) -> Router {
+    read_only(Router::new()).with_state(state)
+}
+
+fn read_only(r: Router<Arc<ApiState>>) -> Router<Arc<ApiState>> {
+    r.route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(get_health))
+        .route("/health", get(get_health))
+        .route("/primary", get(get_primary))
+        .route("/replica", get(get_replica))
+        .route("/liveness", get(get_liveness))
+        .route("/readiness", get(get_readiness))
 }
 
 /// `backup now`: a snapshot on this node (the primary); answers once it is uploaded.
@@ -188,12 +205,72 @@ async fn get_metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     )
 }
 
-async fn get_health(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
-    if s.redis.borrow().healthy {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "redis not answering\n")
+/// The supervisor loop counts as stalled after this long (the systemd watchdog's own test is
+/// twice its ping interval; this is for orchestrators that ask `/liveness` instead).
+const LOOP_STALLED_AFTER: Duration = Duration::from_secs(10);
+
+impl ApiState {
+    /// What the health checks look at, from this moment's snapshots.
+    fn health_facts(&self) -> health::Facts {
+        let redis = self.redis.borrow();
+        let info = &redis.info;
+        let ha = self.ha.as_ref().map(|h| h.borrow().clone());
+        let me = ha
+            .as_ref()
+            .and_then(|h| h.members.iter().find(|m| m.is_self).cloned());
+        health::Facts {
+            redis_healthy: redis.healthy,
+            agent_alive: redis.loop_alive_at.elapsed() < LOOP_STALLED_AFTER,
+            single: ha.is_none(),
+            role: ha
+                .as_ref()
+                .map_or_else(|| "primary".into(), |h| h.role.clone()),
+            writable: ha.as_ref().is_none_or(|h| h.writable),
+            epoch: ha.as_ref().map_or(0, |h| h.epoch),
+            linked: info.get("role") == Some("slave")
+                && info.get("master_link_status") == Some("up"),
+            lag_bytes: me.and_then(|m| m.lag),
+            lag_seconds: info.get_u64("master_last_io_seconds_ago"),
+        }
     }
+
+    fn check(&self, check: health::Check) -> (StatusCode, String) {
+        let (code, why) = health::judge(check, &self.health_facts());
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        (code, format!("{why}\n"))
+    }
+}
+
+async fn get_health(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    s.check(health::Check::Health)
+}
+
+async fn get_primary(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    s.check(health::Check::Primary)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReplicaQuery {
+    lag: Option<String>,
+}
+
+async fn get_replica(
+    State(s): State<Arc<ApiState>>,
+    axum::extract::Query(q): axum::extract::Query<ReplicaQuery>,
+) -> (StatusCode, String) {
+    let max_lag = match q.lag.as_deref().map(health::parse_lag).transpose() {
+        Ok(l) => l,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    s.check(health::Check::Replica { max_lag })
+}
+
+async fn get_liveness(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    s.check(health::Check::Liveness)
+}
+
+async fn get_readiness(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    s.check(health::Check::Readiness)
 }
 
 /// Bind the API listener (fails early and clearly if the address is taken).

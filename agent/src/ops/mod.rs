@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod run;

@@ -56,6 +56,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 
     check_port_free(&cfg.redis.bind, cfg.redis.port)?;
     let api_listener = api::bind(cfg.api.listen).await?;
+    let public_listener = match cfg.api.public_listen {
+        Some(addr) => Some(
+            api::bind(addr)
+                .await
+                .context("config key `api.public_listen`")?,
+        ),
+        None => None,
+    };
 
     let sentinel_listen: Vec<SocketAddr> = cfg
         .redis
@@ -310,17 +318,27 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             warn!("Sentinel port stopped: {e:#}");
         }
     });
-    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_task = tokio::spawn(async move {
-        let r = axum::serve(api_listener, api::router(api_state))
-            .with_graceful_shutdown(async {
-                let _ = api_stop_rx.await;
-            })
-            .await;
-        if let Err(e) = r {
-            warn!("API server stopped: {e}");
-        }
+    let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
+    let serve = |listener, router, mut stop: tokio::sync::watch::Receiver<bool>| {
+        tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                warn!("API server stopped: {e}");
+            }
+        })
+    };
+    let public_task = public_listener.map(|l| {
+        serve(
+            l,
+            api::public_router(api_state.clone()),
+            api_stop_rx.clone(),
+        )
     });
+    let api_task = serve(api_listener, api::router(api_state), api_stop_rx);
     info!(
         node = %cfg.node_name, data_store = %cfg.data_store_id, plan = %cfg.plan,
         port = cfg.redis.port, api = %cfg.api.listen, "agent started"
@@ -342,8 +360,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             warn!("{e:#}");
         }
     }
-    let _ = api_stop_tx.send(());
+    let _ = api_stop_tx.send(true);
     let _ = api_task.await;
+    if let Some(t) = public_task {
+        let _ = t.await;
+    }
     let _ = sentinel_stop_tx.send(());
     let _ = sentinel_task.await;
     view_task.abort();
