@@ -211,3 +211,104 @@ fn switchover_refusals_say_why() {
     assert!(still.is_some(), "primary moved; logs:\n{}", c.logs());
     assert!(c.epoch(p).unwrap() >= epoch);
 }
+
+/// A client like ioredis: it asks the Sentinel ports for the primary, connects, and writes;
+/// on a dropped connection it asks again at once; on `READONLY` it keeps its connection (it
+/// has no READONLY handling). Returns, per write, when it ran and whether `READONLY` came back.
+fn sticky_client(
+    c: &Cluster,
+    first: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Instant, bool)>> {
+    use std::sync::atomic::Ordering;
+    use steward_testbed::sentinel_client::{data_node_client, discover_primary, ProbeTarget};
+    let ns = c.bed.host(c.client_host()).name.clone();
+    // Clients list every Sentinel port and ask the first that answers: give each client
+    // another node's first.
+    let mut target = c.target();
+    let n = target.sentinels.len();
+    target.sentinels.rotate_left(first % n);
+    let ca = c.ca_file();
+    std::thread::spawn(move || {
+        let mut log = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(addr) = discover_primary(&ns, &target, Duration::from_secs(5)) else {
+                continue;
+            };
+            let probe = ProbeTarget {
+                name: "sticky".into(),
+                netns: ns.clone(),
+                addr: addr.parse().expect("ip:port"),
+                tls_ca: Some(ca.clone()),
+                password: Some(steward_testbed::node::PASSWORD.into()),
+            };
+            steward_testbed::netns::run_in_netns(&ns, || {
+                let Ok(mut conn) = data_node_client(&probe)
+                    .and_then(|cl| Ok(cl.get_connection_with_timeout(Duration::from_secs(1))?))
+                else {
+                    return;
+                };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                while !stop.load(Ordering::Relaxed) {
+                    let r: redis::RedisResult<()> =
+                        redis::cmd("SET").arg("sticky").arg(1).query(&mut conn);
+                    match r {
+                        Ok(()) => log.push((Instant::now(), false)),
+                        Err(e) if e.code() == Some("READONLY") => {
+                            log.push((Instant::now(), true));
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        log
+    })
+}
+
+/// ioredis through a planned switchover reconnected into the ~200 ms in which the demoted
+/// primary had dropped its clients but its Sentinel port still named it, and got READONLY for
+/// the rest of the run. The demoted node now drops the clients that connected meanwhile once
+/// it follows the new primary: after every switchover, no client is left on a replica.
+#[test]
+fn no_client_is_left_writing_to_a_demoted_primary() {
+    let c = Cluster::start("premium").unwrap();
+    c.wait_settled(Duration::from_secs(60)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..6).map(|k| sticky_client(&c, k, stop.clone())).collect();
+    let mut checks = Vec::new();
+    for round in 0..4 {
+        let p = c.wait_settled(Duration::from_secs(30)).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let out = switchover(&c, p, &[]);
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+        c.wait_new_primary(p, Duration::from_secs(20)).unwrap();
+        // Time to rediscover; after it, every client must be writing again.
+        std::thread::sleep(Duration::from_secs(3));
+        checks.push((round, Instant::now()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (k, h) in clients.into_iter().enumerate() {
+        let log = h.join().unwrap();
+        println!(
+            "client {k}: {} writes, {} READONLY",
+            log.len(),
+            log.iter().filter(|(_, ro)| *ro).count()
+        );
+        for &(round, at) in &checks {
+            let window: Vec<bool> = log
+                .iter()
+                .filter(|(t, _)| *t >= at && *t < at + Duration::from_millis(800))
+                .map(|(_, ro)| *ro)
+                .collect();
+            assert!(
+                !window.is_empty() && window.iter().all(|ro| !ro),
+                "client {k} after switchover {round}: {} writes, {} READONLY",
+                window.len(),
+                window.iter().filter(|ro| **ro).count()
+            );
+        }
+    }
+}

@@ -194,6 +194,7 @@ pub fn spawn(
                 status,
                 heard: BTreeMap::new(),
                 pending: None,
+                drop_clients_on_follow: false,
                 handled: BTreeMap::new(),
             };
             shell.run(redis, lease_rx, command_rx, shutdown, tick).await
@@ -245,6 +246,10 @@ struct Shell {
     /// When each member's published state last changed (our clock), and what it was.
     heard: BTreeMap<String, (String, Instant)>,
     pending: Option<PendingSwitchover>,
+    /// Demoted and not yet following the new primary: clients that connect meanwhile (the
+    /// Sentinel ports may still name this node until the new primary is known) are dropped
+    /// again once it follows, or a client that ignores READONLY stays stuck here.
+    drop_clients_on_follow: bool,
     /// The newest switchover request id answered, per requesting node.
     handled: BTreeMap<String, u64>,
 }
@@ -669,6 +674,10 @@ impl Shell {
                     info!(epoch, %primary, "replicating from {host}:{port}");
                     self.desired.role = Some(role);
                     self.follow(&host, port, epoch).await?;
+                    if std::mem::take(&mut self.drop_clients_on_follow) {
+                        info!("dropping customer connections made since the demotion, so they find {primary}");
+                        self.drop_customers().await?;
+                    }
                 }
             }
             Action::Detach => {
@@ -683,14 +692,12 @@ impl Shell {
                     hook.promoted(None);
                 }
                 info!("demoted: no longer serving replicas; dropping customer connections so clients find the new primary");
+                // Our own Sentinel port stops naming us a writable primary first.
+                let members = self.gossip.members().await;
+                self.update_status(&members);
                 self.stop_serving_replicas().await?;
-                self.admin_cmd(
-                    redis::cmd("CLIENT")
-                        .arg("KILL")
-                        .arg("USER")
-                        .arg(CUSTOMER_USER),
-                )
-                .await?;
+                self.drop_clients_on_follow = true;
+                self.drop_customers().await?;
             }
             Action::Fence => {
                 self.desired.fenced = true;
@@ -843,6 +850,16 @@ impl Shell {
         self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
         self.desired.fenced = false;
         Ok(())
+    }
+
+    async fn drop_customers(&mut self) -> Result<()> {
+        self.admin_cmd(
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("USER")
+                .arg(CUSTOMER_USER),
+        )
+        .await
     }
 
     async fn detach(&mut self) -> Result<()> {
