@@ -35,6 +35,9 @@ pub struct Metrics {
     pub ha_epoch: Gauge,
     pub ha_writable_primary: Gauge,
     pub ha_members_alive: Gauge,
+    pub ha_members: Gauge,
+    pub ha_replication_lag_bytes: Gauge,
+    pub supervisor_loop_age_seconds: Gauge<f64, AtomicU64>,
     pub backup_lag_bytes: Gauge,
     pub backup_lag_seconds: Gauge,
     pub backup_spool_full: Gauge,
@@ -71,6 +74,9 @@ impl Metrics {
             ha_epoch: Gauge::default(),
             ha_writable_primary: Gauge::default(),
             ha_members_alive: Gauge::default(),
+            ha_members: Gauge::default(),
+            ha_replication_lag_bytes: Gauge::default(),
+            supervisor_loop_age_seconds: Gauge::default(),
             backup_lag_bytes: Gauge::default(),
             backup_lag_seconds: Gauge::default(),
             backup_spool_full: Gauge::default(),
@@ -159,6 +165,21 @@ impl Metrics {
                 "ha_members_alive",
                 "Data store members (this one included) gossip shows alive",
                 m.ha_members_alive.clone(),
+            );
+            r.register(
+                "ha_members",
+                "Data store members the plan configures",
+                m.ha_members.clone(),
+            );
+            r.register(
+                "ha_replication_lag_bytes",
+                "Bytes this node's data is behind the writable primary's, as gossip shows both (0 on the primary)",
+                m.ha_replication_lag_bytes.clone(),
+            );
+            r.register(
+                "supervisor_loop_age_seconds",
+                "Seconds since the agent's supervisor loop last ran (the systemd watchdog is pinged only while it is under twice WatchdogSec)",
+                m.supervisor_loop_age_seconds.clone(),
             );
             for (name, help, g) in [
                 (
@@ -259,6 +280,8 @@ impl Metrics {
     /// last probe was answered, the restarts it counted, and the INFO gauges.
     pub fn observe_redis(&self, s: &RedisState) {
         self.redis_up.set(s.healthy as i64);
+        self.supervisor_loop_age_seconds
+            .set(s.loop_alive_at.elapsed().as_secs_f64());
         raise(&self.redis_restarts, s.restarts);
         self.observe_info(&s.info);
     }
@@ -300,6 +323,9 @@ impl Metrics {
             .set((s.role == "primary" && s.writable) as i64);
         self.ha_members_alive
             .set(s.members.iter().filter(|m| m.alive || m.is_self).count() as i64);
+        self.ha_members.set(s.members.len() as i64);
+        let lag = s.members.iter().find(|m| m.is_self).and_then(|m| m.lag);
+        self.ha_replication_lag_bytes.set(lag.unwrap_or(0) as i64);
     }
 
     pub fn observe_backup(&self, b: &crate::backup::shipper::BackupStatus) {
