@@ -363,6 +363,9 @@ fn roundtrip(conn: &mut UnixStream, args: &[&str]) -> Result<()> {
     }
 }
 
+/// The fence guard's nice value (the agent's is 0).
+pub const GUARD_NICE: i32 = -15;
+
 /// The guard process: `redis-steward fence-guard` (the agent starts it; not for people).
 pub fn run_guard() -> Result<()> {
     // SAFETY: plain signal dispositions and memory locking for this process; no handlers.
@@ -373,6 +376,10 @@ pub fn run_guard() -> Result<()> {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         // Pages we touch stay in memory (best effort: RLIMIT_MEMLOCK may forbid it).
         libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT);
+        // Scheduled ahead of the agent and redis when the CPUs are busy: the fence bound
+        // allows it only `guard_slack_ms` to wake. Best effort: root, CAP_SYS_NICE or the
+        // unit's LimitNICE= allow it.
+        libc::setpriority(libc::PRIO_PROCESS, 0, GUARD_NICE);
     }
     let stdin = std::io::stdin();
     let mut first = String::new();
