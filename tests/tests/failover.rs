@@ -531,4 +531,29 @@ fn health_checks_name_exactly_the_writable_primary_through_a_failover() {
         });
     let new = new.expect("a new primary answers /primary");
     assert_eq!(c.primary(), Some(new));
+
+    // `redis-steward history`: both survivors keep the same records, the newest naming the
+    // new primary after the old one.
+    let epoch = c.epoch(new).unwrap();
+    let history = |i: usize| {
+        steward_testbed::node::wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            let (code, body) = c.nodes[i].api_call("/history")?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let last = v.as_array()?.last()?.clone();
+            (code == 200 && last["epoch"] == epoch).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("node {i} kept no record of epoch {epoch}"))
+    };
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+    let (a, b) = (history(survivors[0]), history(survivors[1]));
+    assert_eq!(a, b, "the survivors' histories differ");
+    let last = a.as_array().unwrap().last().unwrap();
+    assert_eq!(last["primary"], format!("node-{new}"), "{a:#}");
+    assert_eq!(last["previous"], format!("node-{p}"), "{a:#}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("won epoch"),
+        "{a:#}"
+    );
+    let first = &a.as_array().unwrap()[0];
+    assert_eq!(first["epoch"], 1, "{a:#}");
 }

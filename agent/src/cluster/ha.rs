@@ -11,6 +11,7 @@ use crate::cluster::election::{
     self, Action, Durable, Event, LeaseResult, NodeId, PeerView, PublishedState,
 };
 use crate::cluster::gossip::cluster::{Gossip, Member};
+use crate::cluster::history;
 use crate::config::ClusterNode;
 use crate::node::fence_guard::{FenceGuard, Fenced, GuardError, GuardSpec};
 use crate::node::redis_client::{self, Info};
@@ -48,6 +49,8 @@ pub struct HaConfig {
     pub data_store_id: String,
     /// Told of every promotion and demotion of this node.
     pub hook: Option<crate::cluster::hook::HookHandle>,
+    /// Where the epoch history is kept (`redis-steward history`); None: not kept.
+    pub history_path: Option<PathBuf>,
     /// The data directory was empty at this start (restored, joined or started empty): the
     /// data is not what [`Durable::offset`] describes.
     pub data_replaced: bool,
@@ -195,6 +198,7 @@ pub fn spawn(
                 heard: BTreeMap::new(),
                 pending: None,
                 drop_clients_on_follow: false,
+                history_epoch: 0,
                 handled: BTreeMap::new(),
             };
             shell.run(redis, lease_rx, command_rx, shutdown, tick).await
@@ -250,6 +254,8 @@ struct Shell {
     /// Sentinel ports may still name this node until the new primary is known) are dropped
     /// again once it follows, or a client that ignores READONLY stays stuck here.
     drop_clients_on_follow: bool,
+    /// The newest epoch whose history record gossip has shown us.
+    history_epoch: u64,
     /// The newest switchover request id answered, per requesting node.
     handled: BTreeMap<String, u64>,
 }
@@ -517,6 +523,14 @@ impl Shell {
     }
 
     fn update_status(&mut self, members: &[Member]) {
+        let promotions: Vec<history::Promotion> = members
+            .iter()
+            .filter_map(|m| serde_json::from_str(m.keys.get(history::PROMOTION_KEY)?).ok())
+            .collect();
+        if promotions.iter().any(|p| p.epoch > self.history_epoch) {
+            self.history_epoch = promotions.iter().map(|p| p.epoch).max().unwrap_or(0);
+            self.keep_history(&promotions);
+        }
         let now = Instant::now();
         let published = self.node.published();
         let mut rows = Vec::new();
@@ -652,6 +666,7 @@ impl Shell {
                 info!(epoch, "promoting this node to primary");
                 self.desired.role = Some(RedisRole::Primary { epoch });
                 self.promote(epoch).await?;
+                self.record_promotion(epoch).await;
                 if let Some(hook) = &self.cfg.hook {
                     let me = self.node.me().as_str();
                     let (ip, port) = self.redis_addr_of(me)?;
@@ -850,6 +865,47 @@ impl Shell {
         self.admin_cmd(redis::cmd("CLIENT").arg("UNPAUSE")).await?;
         self.desired.fenced = false;
         Ok(())
+    }
+
+    /// Writes this epoch's history record and gossips it, so every node keeps the same one.
+    async fn record_promotion(&mut self, epoch: u64) {
+        // The newest primary gossip has shown (its last state stays after it died), or
+        // ourselves in an older epoch (a re-election).
+        let (previous, previous_epoch) = {
+            let st = self.status.borrow();
+            let claims = st
+                .members
+                .iter()
+                .filter(|m| matches!(m.role.as_str(), "primary" | "fenced") && m.epoch < epoch);
+            match claims.max_by_key(|m| m.epoch) {
+                Some(m) => (Some(m.name.clone()), Some(m.epoch)),
+                None => (None, None),
+            }
+        };
+        let record = history::Promotion {
+            epoch,
+            primary: self.node.me().to_string(),
+            at_unix_ms: crate::backup::now_ms(),
+            previous,
+            previous_epoch,
+            reason: self.status.borrow().last_decision.clone(),
+        };
+        self.keep_history(std::slice::from_ref(&record));
+        if let Ok(json) = serde_json::to_string(&record) {
+            self.gossip.publish(history::PROMOTION_KEY, json).await;
+        }
+    }
+
+    /// Appends the records gossip brings that this node has not kept yet.
+    fn keep_history(&mut self, seen: &[history::Promotion]) {
+        let Some(path) = self.cfg.history_path.clone() else {
+            return;
+        };
+        let kept = history::load(&path).unwrap_or_default();
+        let new = history::unseen(&kept, seen);
+        if let Err(e) = history::append(&path, &new) {
+            warn!("cannot keep the epoch history in {}: {e}", path.display());
+        }
     }
 
     async fn drop_customers(&mut self) -> Result<()> {

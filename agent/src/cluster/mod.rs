@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod election;
 pub mod gossip;
 pub mod ha;
+pub mod history;
 pub mod hook;
 pub mod replacement;
 pub mod resp;

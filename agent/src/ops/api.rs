@@ -36,6 +36,8 @@ pub struct ApiState {
         watch::Receiver<crate::backup::shipper::BackupStatus>,
         tokio::sync::mpsc::Sender<crate::backup::shipper::BackupCommand>,
     )>,
+    /// HA data stores: the epoch history this node keeps (`cluster::history`).
+    pub history: Option<std::path::PathBuf>,
 }
 
 /// The answer to `POST /switchover`.
@@ -92,6 +94,22 @@ fn read_only(r: Router<Arc<ApiState>>) -> Router<Arc<ApiState>> {
         .route("/replica", get(get_replica))
         .route("/liveness", get(get_liveness))
         .route("/readiness", get(get_readiness))
+        .route("/history", get(get_history))
+}
+
+/// The data store's epochs as this node kept them (`[]` for a one-node store).
+async fn get_history(
+    State(s): State<Arc<ApiState>>,
+) -> Result<Json<Vec<crate::cluster::history::Promotion>>, (StatusCode, String)> {
+    let Some(path) = &s.history else {
+        return Ok(Json(Vec::new()));
+    };
+    crate::cluster::history::load(path).map(Json).map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read {}: {e}\n", path.display()),
+        )
+    })
 }
 
 /// `backup now`: a snapshot on this node (the primary); answers once it is uploaded.

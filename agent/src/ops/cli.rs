@@ -94,6 +94,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Every epoch of the data store: when, which node became primary after which, and why.
+    ///
+    /// Each promoted node writes its epoch's record and gossips it; every agent keeps the
+    /// records it sees in its state directory (history.jsonl), so all nodes show the same
+    /// lines (a node that was down while an epoch began and ended may lack that one).
+    History {
+        /// Configuration file (to find api.listen).
+        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Agent API address, overriding the config file.
+        #[arg(long, value_name = "IP:PORT")]
+        api: Option<SocketAddr>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hand the primary role to another node without losing a write (planned switchover).
     ///
     /// Asks the primary, through this node's agent (any node of the data store will do), to
@@ -499,6 +515,18 @@ fn dispatch(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", crate::ops::status::render_table(&status));
+            }
+            Ok(())
+        }
+        Cmd::History { config, api, json } => {
+            let addr = api_addr(api, &config)?;
+            let body = runtime()?.block_on(crate::ops::api::http_get(addr, "/history"))?;
+            let records: Vec<crate::cluster::history::Promotion> = serde_json::from_str(&body)
+                .with_context(|| format!("the agent at {addr} answered /history with {body:?}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                print!("{}", crate::cluster::history::render(&records));
             }
             Ok(())
         }

@@ -301,6 +301,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         gossip_counters,
         hook_counters: hook.as_ref().map(|h| h.counters.clone()),
         backup: backup.as_ref().map(|(h, tx)| (h.state.clone(), tx.clone())),
+        history: cfg
+            .cluster
+            .is_some()
+            .then(|| layout.state_dir.join("history.jsonl")),
     });
     let (view_tx, view_rx) = watch::channel(crate::cluster::sentinel::SentinelView::default());
     let view_task = tokio::spawn(feed_sentinel_view(
@@ -581,6 +585,7 @@ async fn start_ha(
             data_store_id: cfg.data_store_id.clone(),
             hook,
             data_replaced: joined.data_replaced,
+            history_path: Some(layout.state_dir.join("history.jsonl")),
         },
         joined.gossip,
         sup.state.clone(),

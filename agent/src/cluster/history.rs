@@ -1,0 +1,177 @@
+//! The data store's epochs, as `patronictl history` shows a cluster's timelines: which node
+//! became primary when, after whom, and why. The promoted node writes the record (so every
+//! node keeps the same words) and gossips it; every agent appends the records it has not yet
+//! kept to `history.jsonl` in its state directory. A node that was down while an epoch began
+//! and ended misses that record (it learns only what gossip still carries).
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// The gossip key a primary publishes its promotion record under.
+pub const PROMOTION_KEY: &str = "promotion";
+
+/// One epoch's beginning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub epoch: u64,
+    /// The node promoted.
+    pub primary: String,
+    /// Wall clock of the promoted node, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The primary it replaced (the newest one it had heard of), if any.
+    pub previous: Option<String>,
+    pub previous_epoch: Option<u64>,
+    /// The election's own words: failover, switchover, re-election, and the positions
+    /// compared.
+    pub reason: String,
+}
+
+/// Records in `new` that `kept` lacks (by epoch), in epoch order.
+pub fn unseen<'a>(
+    kept: &[Promotion],
+    new: impl IntoIterator<Item = &'a Promotion>,
+) -> Vec<Promotion> {
+    let mut out: Vec<Promotion> = new
+        .into_iter()
+        .filter(|p| kept.iter().all(|k| k.epoch != p.epoch))
+        .cloned()
+        .collect();
+    out.sort_by_key(|p| p.epoch);
+    out.dedup_by_key(|p| p.epoch);
+    out
+}
+
+/// The kept history, oldest first; lines that do not parse are skipped (a torn last line
+/// after a crash), and a missing file is an empty history.
+pub fn load(path: &Path) -> std::io::Result<Vec<Promotion>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<Promotion> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    out.sort_by_key(|p| p.epoch);
+    Ok(out)
+}
+
+/// Appends records (one JSON line each).
+pub fn append(path: &Path, records: &[Promotion]) -> std::io::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut text = String::new();
+    for r in records {
+        text += &serde_json::to_string(r).map_err(std::io::Error::other)?;
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes())
+}
+
+/// A table for `redis-steward history`.
+pub fn render(records: &[Promotion]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<24}  {:<10}  {:<14}  {}\n",
+        "EPOCH", "WHEN (UTC)", "PRIMARY", "AFTER", "WHY"
+    );
+    for r in records {
+        let after = match (&r.previous, r.previous_epoch) {
+            (Some(p), Some(e)) => format!("{p} ({e})"),
+            _ => "-".into(),
+        };
+        out += &format!(
+            "{:>5}  {:<24}  {:<10}  {:<14}  {}\n",
+            r.epoch,
+            utc(r.at_unix_ms),
+            r.primary,
+            after,
+            r.reason
+        );
+    }
+    out
+}
+
+fn utc(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: u64, primary: &str) -> Promotion {
+        Promotion {
+            epoch,
+            primary: primary.into(),
+            at_unix_ms: 1_796_000_000_000 + epoch,
+            previous: (epoch > 1).then(|| "node-0".into()),
+            previous_epoch: (epoch > 1).then(|| epoch - 1),
+            reason: format!("won epoch {epoch}"),
+        }
+    }
+
+    #[test]
+    fn only_unseen_epochs_are_kept_once_in_order() {
+        let kept = vec![rec(1, "node-0")];
+        let gossip = [
+            rec(3, "node-2"),
+            rec(1, "node-0"),
+            rec(2, "node-1"),
+            rec(3, "node-2"),
+        ];
+        let new = unseen(&kept, gossip.iter());
+        assert_eq!(new.iter().map(|r| r.epoch).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn the_file_round_trips_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("history.jsonl");
+        assert!(load(&p).unwrap().is_empty());
+        append(&p, &[rec(2, "node-1"), rec(1, "node-0")]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"epoch\":3,\"prim")
+            .unwrap();
+        let back = load(&p).unwrap();
+        assert_eq!(back, vec![rec(1, "node-0"), rec(2, "node-1")]);
+        let table = render(&back);
+        assert!(table.contains("node-1"), "{table}");
+        assert!(table.contains("node-0 (1)"), "{table}");
+        assert!(table.contains("2026-11-30 00:53:20.001"), "{table}");
+    }
+
+    #[test]
+    fn utc_renders_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
+        assert_eq!(utc(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(utc(1_796_169_600_000), "2026-12-02 00:00:00.000");
+    }
+}
