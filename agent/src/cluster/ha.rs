@@ -885,7 +885,9 @@ impl Shell {
         let record = history::Promotion {
             epoch,
             primary: self.node.me().to_string(),
-            at_unix_ms: crate::backup::now_ms(),
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             previous,
             previous_epoch,
             reason: self.status.borrow().last_decision.clone(),
