@@ -208,7 +208,10 @@ check "redis-server runs as $USER_NAME" test "$(stat -c %U /proc/$REDIS_PID)" = 
 check "redis-server is the agent's child" test "$(ps -o ppid= -p "$REDIS_PID" | tr -d ' ')" = "$AGENT"
 check "the agent holds CAP_NET_ADMIN only" test "$(awk '/^CapEff/ {print $2}' /proc/$AGENT/status)" = 0000000000001000
 check "redis-server holds no capability" test "$(awk '/^CapEff/ {print $2}' /proc/$REDIS_PID/status)" = 0000000000000000
-check "state dir private" test "$(mode_of $LIB/state)" = "$USER_NAME:$USER_NAME 700"
+check "state dir: the agent's group may enter (for the API token), secrets stay 0600" test "$(mode_of $LIB/state)" = "$USER_NAME:$USER_NAME 750"
+check "API token readable by root and the agent's group" test "$(mode_of $LIB/state/api.token)" = "$USER_NAME:$USER_NAME 640"
+echo wrong-token >"$WORK/wrong.token"
+check "a POST without the API token is refused" sh -c "redis-steward backup now --api $API --token-file $WORK/wrong.token 2>&1 | grep -q 'needs the API token'"
 check "data dir" test "$(stat -c %U $LIB/data)" = "$USER_NAME"
 check "journal records carry the node" grep -q 'REDIS_STEWARD_NODE=node-1' "$WORK/journal.log"
 check "journal records carry redis's own lines" grep -q 'REDIS_STEWARD_TARGET=redis' "$WORK/journal.log"

@@ -664,9 +664,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 
 /// A tiny HTTP/1.0 GET: the status code and the body.
 pub fn http_call(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_method(addr, "GET", path, None)
+}
+
+/// A tiny HTTP/1.0 request with an optional bearer token: the status code and the body.
+pub fn http_method(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let (head, body) = buf

@@ -12,9 +12,19 @@ use steward_testbed::node::{agent_bin, wait_for};
 /// `redis-steward switchover …` run on node `from` against its own agent.
 fn switchover(c: &Cluster, from: usize, args: &[&str]) -> Output {
     let api = c.nodes[from].api_addr().to_string();
+    // The config names the state directory, where the CLI finds the API token.
+    let config = c.nodes[from].config_path.to_string_lossy().to_string();
     let mut cmd = c.bed.host(from).command(agent_bin());
-    cmd.args(["switchover", "--api", &api, "--wait", "20"])
-        .args(args);
+    cmd.args([
+        "switchover",
+        "--api",
+        &api,
+        "--config",
+        &config,
+        "--wait",
+        "20",
+    ])
+    .args(args);
     cmd.output().expect("run redis-steward switchover")
 }
 
@@ -311,4 +321,45 @@ fn no_client_is_left_writing_to_a_demoted_primary() {
             );
         }
     }
+}
+
+/// `POST /switchover` and `POST /backup` change the data store: they are served only on the
+/// loopback `api.listen`, not on the network-facing `api.public_listen`, and only with the
+/// token of `state_dir/api.token`.
+#[test]
+fn mutating_endpoints_need_the_token_and_are_not_on_the_network() {
+    use steward_testbed::cluster::PUBLIC_API_PORT;
+    use steward_testbed::netns::run_in_netns;
+    use steward_testbed::node::http_method;
+    let c = Cluster::start("premium").unwrap();
+    let p = c.wait_settled(Duration::from_secs(60)).unwrap();
+    let epoch = c.epoch(p).unwrap();
+    // From another host: only the read-only API is there.
+    let public = std::net::SocketAddr::from((c.node_ip(p), PUBLIC_API_PORT));
+    let client = c.bed.host(c.client_host()).name.clone();
+    let (code, _) = run_in_netns(&client, || http_method(public, "GET", "/primary", None)).unwrap();
+    assert_eq!(code, 200);
+    for path in ["/switchover", "/backup"] {
+        let (code, body) =
+            run_in_netns(&client, || http_method(public, "POST", path, None)).unwrap();
+        assert!(
+            code == 404 || code == 405,
+            "POST {path} on the network: {code} {body}"
+        );
+    }
+    // On the node itself, without the token or with a wrong one: refused, saying why.
+    let local = c.nodes[p].api_addr();
+    let ns = c.bed.host(c.node_host(p)).name.clone();
+    for token in [None, Some("0123")] {
+        let (code, body) =
+            run_in_netns(&ns, || http_method(local, "POST", "/switchover", token)).unwrap();
+        assert_eq!(code, 401, "{body}");
+        assert!(body.contains("needs the API token"), "{body}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.primary(), Some(p), "a refused request moved nothing");
+    assert_eq!(c.epoch(p), Some(epoch));
+    // The CLI reads the token through the config (as root here): it works.
+    let out = switchover(&c, p, &[]);
+    assert!(out.status.success(), "{}", text(&out));
 }

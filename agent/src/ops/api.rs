@@ -38,6 +38,26 @@ pub struct ApiState {
     )>,
     /// HA data stores: the epoch history this node keeps (`cluster::history`).
     pub history: Option<std::path::PathBuf>,
+    /// What `POST` requests must send as `Authorization: Bearer …` ([`API_TOKEN_FILE`]).
+    pub token: String,
+}
+
+/// The API token's file in the state directory: mode 0640, so root and the agent's group
+/// can read it (the CLI does), and nobody else can change the data store through the API.
+pub const API_TOKEN_FILE: &str = "api.token";
+
+/// Reads the token, making one (32 random bytes, hex) on the first start.
+pub fn ensure_token(state_dir: &std::path::Path) -> Result<String> {
+    let path = state_dir.join(API_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    crate::node::secrets::write_file_atomic(&path, format!("{token}\n").as_bytes(), 0o640)?;
+    Ok(token)
 }
 
 /// The answer to `POST /switchover`.
@@ -71,12 +91,55 @@ impl ApiState {
     }
 }
 
-/// Every endpoint: for `api.listen` (loopback only, see `config`).
+/// Every endpoint: for `api.listen` (loopback only, see `config`). Those that change
+/// anything also need the API token.
 pub fn router(state: Arc<ApiState>) -> Router {
-    read_only(Router::new())
+    let mutating = Router::new()
         .route("/switchover", axum::routing::post(post_switchover))
         .route("/backup", axum::routing::post(post_backup))
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    read_only(Router::new()).merge(mutating).with_state(state)
+}
+
+async fn require_token(
+    State(s): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared in full whatever the first difference, so timing tells nothing.
+    let matches = given.is_some_and(|g| {
+        g.len() == s.token.len()
+            && g.bytes()
+                .zip(s.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        return next.run(req).await;
+    }
+    let message = format!(
+        "{} {} changes the data store and needs the API token (Authorization: Bearer, from \
+         {API_TOKEN_FILE} in the agent's state directory; redis-steward reads it when run as \
+         root or as a member of the agent's group)",
+        req.method(),
+        req.uri().path()
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(SwitchoverAnswer {
+            started: false,
+            message,
+        }),
+    )
+        .into_response()
 }
 
 /// The endpoints that change nothing: for `api.public_listen`, which other machines reach
@@ -300,7 +363,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 
 /// A minimal HTTP/1.0 GET, enough for the CLI to talk to its own agent on loopback.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let (code, body) = http_request(addr, "GET", path, Duration::from_secs(5)).await?;
+    let (code, body) = http_request(addr, "GET", path, None, Duration::from_secs(5)).await?;
     if !(200..300).contains(&code) {
         bail!("agent API answered {code}: {}", body.trim());
     }
@@ -312,11 +375,14 @@ pub async fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let io = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;

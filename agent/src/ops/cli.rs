@@ -119,12 +119,15 @@ enum Cmd {
     /// the most up-to-date healthy replica is chosen. Then waits until the new primary takes
     /// writes and prints it. Exits 1 when refused or when no new primary showed up in time.
     Switchover {
-        /// Configuration file (to find api.listen).
+        /// Configuration file (to find api.listen and the state directory's API token).
         #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Agent API address, overriding the config file.
         #[arg(long, value_name = "IP:PORT")]
         api: Option<SocketAddr>,
+        /// The API token's file, overriding state_dir/api.token of the config.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// The node to hand over to (a node name from cluster.nodes).
         #[arg(long, value_name = "NODE")]
         to: Option<String>,
@@ -186,6 +189,31 @@ enum Cmd {
 }
 
 /// The agent API address: --api, or api.listen from the config file.
+/// The API token for `POST` requests: `--token-file`, or `api.token` in the state directory
+/// the config names.
+fn api_token(token_file: Option<PathBuf>, config: &std::path::Path) -> Result<String> {
+    let path = match token_file {
+        Some(p) => p,
+        None => config::load(config)
+            .with_context(|| {
+                format!(
+                    "cannot find the agent's API token: {} does not load (pass --token-file)",
+                    config.display()
+                )
+            })?
+            .state_dir
+            .join(crate::ops::api::API_TOKEN_FILE),
+    };
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the agent's API token {} (run as root or as a member of the agent's \
+             group, or pass --token-file)",
+            path.display()
+        )
+    })?;
+    Ok(token.trim().to_string())
+}
+
 fn api_addr(api: Option<SocketAddr>, config: &std::path::Path) -> Result<SocketAddr> {
     match api {
         Some(a) => Ok(a),
@@ -197,7 +225,12 @@ fn api_addr(api: Option<SocketAddr>, config: &std::path::Path) -> Result<SocketA
 }
 
 /// Ask for a switchover, then wait for a different writable primary.
-async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Result<()> {
+async fn switchover(
+    addr: SocketAddr,
+    token: String,
+    to: Option<String>,
+    wait: Duration,
+) -> Result<()> {
     let writable_primary = |s: &crate::ops::status::NodeStatus| {
         let c = s.cluster.as_ref()?;
         // A dead member's last gossiped state may still say primary: only live ones count.
@@ -215,7 +248,8 @@ async fn switchover(addr: SocketAddr, to: Option<String>, wait: Duration) -> Res
     };
     let started = std::time::Instant::now();
     let (code, body) =
-        crate::ops::api::http_request(addr, "POST", &path, Duration::from_secs(20)).await?;
+        crate::ops::api::http_request(addr, "POST", &path, Some(&token), Duration::from_secs(20))
+            .await?;
     let answer: crate::ops::api::SwitchoverAnswer = serde_json::from_str(&body)
         .with_context(|| format!("agent API answered {code}: {}", body.trim()))?;
     if !answer.started {
@@ -249,12 +283,15 @@ enum BackupCmd {
     /// Take a snapshot now (a new chain) on the running agent, which must be the primary;
     /// waits until it is uploaded.
     Now {
-        /// Configuration file (to find api.listen).
+        /// Configuration file (to find api.listen and the state directory's API token).
         #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Agent API address, overriding the config file.
         #[arg(long, value_name = "IP:PORT")]
         api: Option<SocketAddr>,
+        /// The API token's file, overriding state_dir/api.token of the config.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
     },
     /// List the chains in the backup store (reads the store directly; no agent needed):
     /// bases, WAL segment ranges, the restorable window, sizes and any problem found.
@@ -294,13 +331,19 @@ fn backup(action: BackupCmd) -> Result<()> {
             Ok((b, store))
         };
     match action {
-        BackupCmd::Now { config, api } => {
+        BackupCmd::Now {
+            config,
+            api,
+            token_file,
+        } => {
             let addr = api_addr(api, &config)?;
+            let token = api_token(token_file, &config)?;
             runtime()?.block_on(async {
                 let (code, body) = crate::ops::api::http_request(
                     addr,
                     "POST",
                     "/backup",
+                    Some(&token),
                     Duration::from_secs(3700),
                 )
                 .await?;
@@ -494,11 +537,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Switchover {
             config,
             api,
+            token_file,
             to,
             wait,
         } => {
             let addr = api_addr(api, &config)?;
-            runtime()?.block_on(switchover(addr, to, Duration::from_secs(wait)))
+            let token = api_token(token_file, &config)?;
+            runtime()?.block_on(switchover(addr, token, to, Duration::from_secs(wait)))
         }
         Cmd::Backup { action } => backup(action),
         Cmd::Restore {

@@ -51,7 +51,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::new(&cfg.data_dir, &cfg.state_dir);
     ensure_dir(&layout.data_dir, 0o750)?;
-    ensure_dir(&layout.state_dir, 0o700)?;
+    // The agent's group may enter to read the API token (0640); every secret in it is 0600.
+    ensure_dir(&layout.state_dir, 0o750)?;
     let _lock = DataDirLock::acquire(&layout.lock_file(), &layout.data_dir)?;
 
     check_port_free(&cfg.redis.bind, cfg.redis.port)?;
@@ -301,6 +302,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         gossip_counters,
         hook_counters: hook.as_ref().map(|h| h.counters.clone()),
         backup: backup.as_ref().map(|(h, tx)| (h.state.clone(), tx.clone())),
+        token: api::ensure_token(&layout.state_dir).context("the API token")?,
         history: cfg
             .cluster
             .is_some()
