@@ -554,6 +554,8 @@ fn health_checks_name_exactly_the_writable_primary_through_a_failover() {
         last["reason"].as_str().unwrap().contains("won epoch"),
         "{a:#}"
     );
+    let gap = last["unavailable_ms"].as_u64().expect("unavailable_ms");
+    assert!((100..20_000).contains(&gap), "{a:#}");
     let first = &a.as_array().unwrap()[0];
     assert_eq!(first["epoch"], 1, "{a:#}");
 }

@@ -199,6 +199,7 @@ pub fn spawn(
                 pending: None,
                 drop_clients_on_follow: false,
                 history_epoch: 0,
+                writable_seen_at: Instant::now(),
                 handled: BTreeMap::new(),
             };
             shell.run(redis, lease_rx, command_rx, shutdown, tick).await
@@ -256,6 +257,8 @@ struct Shell {
     drop_clients_on_follow: bool,
     /// The newest epoch whose history record gossip has shown us.
     history_epoch: u64,
+    /// When gossip (or this node) last showed a writable primary.
+    writable_seen_at: Instant,
     /// The newest switchover request id answered, per requesting node.
     handled: BTreeMap<String, u64>,
 }
@@ -593,6 +596,9 @@ impl Shell {
                 writable: s.writable,
             });
         }
+        if rows.iter().any(|r| r.writable && (r.alive || r.is_self)) {
+            self.writable_seen_at = now;
+        }
         self.status.send_modify(|st| {
             st.role = role_name(&published);
             st.epoch = published.epoch;
@@ -891,6 +897,7 @@ impl Shell {
             previous,
             previous_epoch,
             reason: self.status.borrow().last_decision.clone(),
+            unavailable_ms: Some(self.writable_seen_at.elapsed().as_millis() as u64),
         };
         self.keep_history(std::slice::from_ref(&record));
         if let Ok(json) = serde_json::to_string(&record) {

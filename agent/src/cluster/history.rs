@@ -25,6 +25,10 @@ pub struct Promotion {
     /// The election's own words: failover, switchover, re-election, and the positions
     /// compared.
     pub reason: String,
+    /// How long the promoted node had seen no writable primary when it was promoted (writes
+    /// resume a gossip round trip later, once its voters' acknowledgements arrive).
+    #[serde(default)]
+    pub unavailable_ms: Option<u64>,
 }
 
 /// Records in `new` that `kept` lacks (by epoch), in epoch order.
@@ -78,20 +82,24 @@ pub fn append(path: &Path, records: &[Promotion]) -> std::io::Result<()> {
 /// A table for `redis-steward history`.
 pub fn render(records: &[Promotion]) -> String {
     let mut out = format!(
-        "{:>5}  {:<24}  {:<10}  {:<14}  {}\n",
-        "EPOCH", "WHEN (UTC)", "PRIMARY", "AFTER", "WHY"
+        "{:>5}  {:<24}  {:<10}  {:<14}  {:>11}  {}\n",
+        "EPOCH", "WHEN (UTC)", "PRIMARY", "AFTER", "NO PRIMARY", "WHY"
     );
     for r in records {
         let after = match (&r.previous, r.previous_epoch) {
             (Some(p), Some(e)) => format!("{p} ({e})"),
             _ => "-".into(),
         };
+        let gap = r
+            .unavailable_ms
+            .map_or("-".into(), |ms| format!("{}.{:03} s", ms / 1000, ms % 1000));
         out += &format!(
-            "{:>5}  {:<24}  {:<10}  {:<14}  {}\n",
+            "{:>5}  {:<24}  {:<10}  {:<14}  {:>11}  {}\n",
             r.epoch,
             utc(r.at_unix_ms),
             r.primary,
             after,
+            gap,
             r.reason
         );
     }
@@ -132,6 +140,7 @@ mod tests {
             previous: (epoch > 1).then(|| "node-0".into()),
             previous_epoch: (epoch > 1).then(|| epoch - 1),
             reason: format!("won epoch {epoch}"),
+            unavailable_ms: Some(1234),
         }
     }
 
@@ -165,6 +174,7 @@ mod tests {
         let table = render(&back);
         assert!(table.contains("node-1"), "{table}");
         assert!(table.contains("node-0 (1)"), "{table}");
+        assert!(table.contains("1.234 s"), "{table}");
         assert!(table.contains("2026-11-30 00:53:20.001"), "{table}");
     }
 
