@@ -508,7 +508,11 @@ fn status_command_and_metrics_describe_the_node() {
     ] {
         assert!(m.contains(want), "metrics lack {want}:\n{m}");
     }
-    assert_eq!(http_get(a.api_addr(), "/healthz").unwrap(), "ok\n");
+    // 200 with the reason (Patroni's /health; /healthz is the same check).
+    assert_eq!(
+        http_get(a.api_addr(), "/healthz").unwrap(),
+        "redis answering (primary)\n"
+    );
 }
 
 #[test]
