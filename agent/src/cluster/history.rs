@@ -79,55 +79,6 @@ pub fn append(path: &Path, records: &[Promotion]) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
-/// A table for `redis-steward history`.
-pub fn render(records: &[Promotion]) -> String {
-    let mut out = format!(
-        "{:>5}  {:<24}  {:<10}  {:<14}  {:>11}  {}\n",
-        "EPOCH", "WHEN (UTC)", "PRIMARY", "AFTER", "NO PRIMARY", "WHY"
-    );
-    for r in records {
-        let after = match (&r.previous, r.previous_epoch) {
-            (Some(p), Some(e)) => format!("{p} ({e})"),
-            _ => "-".into(),
-        };
-        let gap = r
-            .unavailable_ms
-            .map_or("-".into(), |ms| format!("{}.{:03} s", ms / 1000, ms % 1000));
-        out += &format!(
-            "{:>5}  {:<24}  {:<10}  {:<14}  {:>11}  {}\n",
-            r.epoch,
-            utc(r.at_unix_ms),
-            r.primary,
-            after,
-            gap,
-            r.reason
-        );
-    }
-    out
-}
-
-fn utc(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,17 +122,5 @@ mod tests {
             .unwrap();
         let back = load(&p).unwrap();
         assert_eq!(back, vec![rec(1, "node-0"), rec(2, "node-1")]);
-        let table = render(&back);
-        assert!(table.contains("node-1"), "{table}");
-        assert!(table.contains("node-0 (1)"), "{table}");
-        assert!(table.contains("1.234 s"), "{table}");
-        assert!(table.contains("2026-11-30 00:53:20.001"), "{table}");
-    }
-
-    #[test]
-    fn utc_renders_known_instants() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
-        assert_eq!(utc(951_782_400_123), "2000-02-29 00:00:00.123");
-        assert_eq!(utc(1_796_169_600_000), "2026-12-02 00:00:00.000");
     }
 }

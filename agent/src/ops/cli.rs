@@ -571,7 +571,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
             } else {
-                print!("{}", crate::cluster::history::render(&records));
+                print!("{}", crate::ops::status::render_history(&records));
             }
             Ok(())
         }

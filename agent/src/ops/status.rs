@@ -1,6 +1,8 @@
 //! The status report the running agent serves (`/status`) and `redis-steward status` prints,
 //! as JSON or as a readable table. Building and rendering are pure.
 
+use crate::backup::catalog::format_utc;
+use crate::cluster::history::Promotion;
 use crate::node::limits::{FdLimit, Memory};
 use crate::node::supervisor::{Phase, RedisState};
 use serde::{Deserialize, Serialize};
@@ -418,6 +420,33 @@ pub fn render_members(members: &[crate::cluster::ha::MemberStatus]) -> String {
     out
 }
 
+/// The table of `redis-steward history` (times as `backup list` and `restore --at` write them).
+pub fn render_history(records: &[Promotion]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<24}  {:<10}  {:<14}  {:>11}  {}\n",
+        "EPOCH", "WHEN (UTC)", "PRIMARY", "AFTER", "NO PRIMARY", "WHY"
+    );
+    for r in records {
+        let after = match (&r.previous, r.previous_epoch) {
+            (Some(p), Some(e)) => format!("{p} ({e})"),
+            _ => "-".into(),
+        };
+        let gap = r
+            .unavailable_ms
+            .map_or("-".into(), |ms| format!("{}.{:03} s", ms / 1000, ms % 1000));
+        out += &format!(
+            "{:>5}  {:<24}  {:<10}  {:<14}  {:>11}  {}\n",
+            r.epoch,
+            format_utc(r.at_unix_ms),
+            r.primary,
+            after,
+            gap,
+            r.reason
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,5 +542,23 @@ mod tests {
         assert_eq!(duration(59), "59s");
         assert_eq!(duration(3661), "1h01m");
         assert_eq!(duration(90000), "1d01h");
+    }
+
+    #[test]
+    fn the_history_table_names_each_epoch_after_its_predecessor() {
+        let rec = |epoch: u64, primary: &str| Promotion {
+            epoch,
+            primary: primary.into(),
+            at_unix_ms: 1_796_000_000_000 + epoch,
+            previous: (epoch > 1).then(|| "node-0".into()),
+            previous_epoch: (epoch > 1).then(|| epoch - 1),
+            reason: format!("won epoch {epoch}"),
+            unavailable_ms: Some(1234),
+        };
+        let table = render_history(&[rec(1, "node-0"), rec(2, "node-1")]);
+        assert!(table.contains("node-1"), "{table}");
+        assert!(table.contains("node-0 (1)"), "{table}");
+        assert!(table.contains("1.234 s"), "{table}");
+        assert!(table.contains("2026-11-30T00:53:20.001Z"), "{table}");
     }
 }
