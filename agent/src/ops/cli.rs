@@ -83,33 +83,13 @@ enum Cmd {
     ///
     /// Asks the agent's local API; the address comes from --api, or from api.listen in the
     /// config file.
-    Status {
-        /// Configuration file (to find api.listen).
-        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Agent API address, overriding the config file.
-        #[arg(long, value_name = "IP:PORT")]
-        api: Option<SocketAddr>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(Query),
     /// Every epoch of the data store: when, which node became primary after which, and why.
     ///
     /// Each promoted node writes its epoch's record and gossips it; every agent keeps the
     /// records it sees in its state directory (history.jsonl), so all nodes show the same
     /// lines (a node that was down while an epoch began and ended may lack that one).
-    History {
-        /// Configuration file (to find api.listen).
-        #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Agent API address, overriding the config file.
-        #[arg(long, value_name = "IP:PORT")]
-        api: Option<SocketAddr>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    History(Query),
     /// Hand the primary role to another node without losing a write (planned switchover).
     ///
     /// Asks the primary, through this node's agent (any node of the data store will do), to
@@ -189,20 +169,41 @@ enum Cmd {
 }
 
 /// The agent API address: --api, or api.listen from the config file.
-/// The API token for `POST` requests: `--token-file`, or `api.token` in the state directory
-/// the config names.
-fn api_token(token_file: Option<PathBuf>, config: &std::path::Path) -> Result<String> {
-    let path = match token_file {
-        Some(p) => p,
-        None => config::load(config)
-            .with_context(|| {
+/// What `status` and `history` ask the agent's API.
+#[derive(Debug, clap::Args)]
+pub struct Query {
+    /// Configuration file (to find api.listen).
+    #[arg(short, long, env = "REDIS_STEWARD_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Agent API address, overriding the config file.
+    #[arg(long, value_name = "IP:PORT")]
+    api: Option<SocketAddr>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where the agent's API is and the token for its `POST` requests: `--api` and
+/// `--token-file`, or api.listen and state_dir/api.token of the config (loaded once, and
+/// only when one of them is missing).
+fn api_endpoint(
+    api: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
+    config: &std::path::Path,
+) -> Result<(SocketAddr, String)> {
+    let (addr, path) = match (api, token_file) {
+        (Some(a), Some(t)) => (a, t),
+        (api, token_file) => {
+            let cfg = config::load(config).with_context(|| {
                 format!(
-                    "cannot find the agent's API token: {} does not load (pass --token-file)",
+                    "cannot find the agent's API address and token: {} does not load (pass \
+                     --api IP:PORT and --token-file)",
                     config.display()
                 )
-            })?
-            .state_dir
-            .join(crate::ops::api::API_TOKEN_FILE),
+            })?;
+            let token = cfg.state_dir.join(crate::ops::api::API_TOKEN_FILE);
+            (api.unwrap_or(cfg.api.listen), token_file.unwrap_or(token))
+        }
     };
     let token = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -211,7 +212,7 @@ fn api_token(token_file: Option<PathBuf>, config: &std::path::Path) -> Result<St
             path.display()
         )
     })?;
-    Ok(token.trim().to_string())
+    Ok((addr, token.trim().to_string()))
 }
 
 fn api_addr(api: Option<SocketAddr>, config: &std::path::Path) -> Result<SocketAddr> {
@@ -336,8 +337,7 @@ fn backup(action: BackupCmd) -> Result<()> {
             api,
             token_file,
         } => {
-            let addr = api_addr(api, &config)?;
-            let token = api_token(token_file, &config)?;
+            let (addr, token) = api_endpoint(api, token_file, &config)?;
             runtime()?.block_on(async {
                 let (code, body) = crate::ops::api::http_request(
                     addr,
@@ -541,8 +541,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             to,
             wait,
         } => {
-            let addr = api_addr(api, &config)?;
-            let token = api_token(token_file, &config)?;
+            let (addr, token) = api_endpoint(api, token_file, &config)?;
             runtime()?.block_on(switchover(addr, token, to, Duration::from_secs(wait)))
         }
         Cmd::Backup { action } => backup(action),
@@ -553,7 +552,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             force,
             dry_run,
         } => restore(&config, at.as_deref(), target, force, dry_run),
-        Cmd::Status { config, api, json } => {
+        Cmd::Status(Query { config, api, json }) => {
             let addr = api_addr(api, &config)?;
             let status = runtime()?.block_on(crate::ops::api::fetch_status(addr))?;
             if json {
@@ -563,7 +562,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::History { config, api, json } => {
+        Cmd::History(Query { config, api, json }) => {
             let addr = api_addr(api, &config)?;
             let body = runtime()?.block_on(crate::ops::api::http_get(addr, "/history"))?;
             let records: Vec<crate::cluster::history::Promotion> = serde_json::from_str(&body)
