@@ -314,19 +314,16 @@ impl Agent {
 
     /// GET a path from the agent's API; None if it does not answer 200.
     pub fn api_get(&self, path: &str) -> Option<String> {
-        let addr = self.api_addr();
-        match &self.netns {
-            // A namespace already torn down has no API to ask.
-            Some(ns) if !Path::new("/run/netns").join(ns).exists() => None,
-            Some(ns) => crate::netns::run_in_netns(ns, || http_get(addr, path).ok()),
-            None => http_get(addr, path).ok(),
-        }
+        self.api_call(path)
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
     }
 
     /// GET a path from the agent's API: its status code and body (None: no answer).
     pub fn api_call(&self, path: &str) -> Option<(u16, String)> {
         let addr = self.api_addr();
         match &self.netns {
+            // A namespace already torn down has no API to ask.
             Some(ns) if !Path::new("/run/netns").join(ns).exists() => None,
             Some(ns) => crate::netns::run_in_netns(ns, || http_call(addr, path).ok()),
             None => http_call(addr, path).ok(),

@@ -49,8 +49,8 @@ pub struct HaConfig {
     pub data_store_id: String,
     /// Told of every promotion and demotion of this node.
     pub hook: Option<crate::cluster::hook::HookHandle>,
-    /// Where the epoch history is kept (`redis-steward history`); None: not kept.
-    pub history_path: Option<PathBuf>,
+    /// Where the epoch history is kept (`redis-steward history`).
+    pub history_path: PathBuf,
     /// The data directory was empty at this start (restored, joined or started empty): the
     /// data is not what [`Durable::offset`] describes.
     pub data_replaced: bool,
@@ -907,12 +907,10 @@ impl Shell {
 
     /// Appends the records gossip brings that this node has not kept yet.
     fn keep_history(&mut self, seen: &[history::Promotion]) {
-        let Some(path) = self.cfg.history_path.clone() else {
-            return;
-        };
-        let kept = history::load(&path).unwrap_or_default();
+        let path = &self.cfg.history_path;
+        let kept = history::load(path).unwrap_or_default();
         let new = history::unseen(&kept, seen);
-        if let Err(e) = history::append(&path, &new) {
+        if let Err(e) = history::append(path, &new) {
             warn!("cannot keep the epoch history in {}: {e}", path.display());
         }
     }

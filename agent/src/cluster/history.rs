@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
+/// The history's file in the state directory.
+pub const FILE: &str = "history.jsonl";
+
 /// The gossip key a primary publishes its promotion record under.
 pub const PROMOTION_KEY: &str = "promotion";
 

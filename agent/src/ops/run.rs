@@ -306,7 +306,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         history: cfg
             .cluster
             .is_some()
-            .then(|| layout.state_dir.join("history.jsonl")),
+            .then(|| layout.state_dir.join(crate::cluster::history::FILE)),
     });
     let (view_tx, view_rx) = watch::channel(crate::cluster::sentinel::SentinelView::default());
     let view_task = tokio::spawn(feed_sentinel_view(
@@ -587,7 +587,7 @@ async fn start_ha(
             data_store_id: cfg.data_store_id.clone(),
             hook,
             data_replaced: joined.data_replaced,
-            history_path: Some(layout.state_dir.join("history.jsonl")),
+            history_path: layout.state_dir.join(crate::cluster::history::FILE),
         },
         joined.gossip,
         sup.state.clone(),
